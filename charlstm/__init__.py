@@ -1,0 +1,3 @@
+"""charlstm: character-level LSTM language models in NumPy."""
+
+__version__ = "0.1.0"

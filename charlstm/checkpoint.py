@@ -1,0 +1,181 @@
+"""Checkpoint files: safetensors arrays plus JSON metadata, never pickle.
+
+A checkpoint is one safetensors file (an 8-byte header length, a JSON header, raw
+little-endian array bytes; readable by any safetensors library). Its string metadata:
+
+    format          "charlstm-checkpoint"
+    format_version  FORMAT_VERSION; a newer version is refused with what to do
+    payload         JSON: charlstm version, resolved config, vocabulary, training
+                    progress (step, epoch, next window, best validation loss), Adam's
+                    step count and the random generators' states
+    sha256          over the payload and every array's name, dtype, shape and bytes,
+                    so a flipped byte anywhere is caught
+
+Arrays: `model.<param name>` (see model.py), and for resuming `optimizer.exp_avg`,
+`optimizer.exp_avg_sq` (flat, same order as the parameters) and `state.h`,
+`state.c` (L, B, H), the carried state of every stream and layer.
+
+Writes go to a temporary file in the same directory, are fsynced, then renamed over
+the target with os.replace: a crash at any instant leaves the previous file whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from . import __version__
+from .config import Config, ConfigError, config_from_dict, config_to_dict
+from .data import Vocab
+from .errors import CharlstmError
+from .model import Params, param_shapes
+
+FORMAT_NAME = "charlstm-checkpoint"
+FORMAT_VERSION = 1
+EXTENSION = ".safetensors"
+
+
+@dataclass
+class Checkpoint:
+    config: Config
+    vocab: Vocab
+    params: Params
+    progress: dict = field(default_factory=dict)    # step, epoch, window, best_val_loss, ...
+    optimizer_step: int = 0
+    optimizer_moments: tuple[np.ndarray, np.ndarray] | None = None  # (exp_avg, exp_avg_sq)
+    carried_state: tuple[np.ndarray, np.ndarray] | None = None      # (h, c), each (L, B, H)
+    rng_states: dict = field(default_factory=dict)  # name -> bit_generator.state
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers only ever see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CharlstmError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file is untouched") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256(payload.encode("utf-8"))
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode("utf-8"))
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], payload: dict) -> None:
+    payload_json = json.dumps(payload, sort_keys=True, allow_nan=False)
+    tensors = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "payload": payload_json,
+        "sha256": _digest(payload_json, tensors),
+    }
+    atomic_write(path, safetensors.numpy.save(tensors, metadata=metadata))
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays and payload of a checkpoint file, or a CharlstmError saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise CharlstmError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CharlstmError(f"checkpoint {path} is a directory; pass a {EXTENSION} file")
+    data = path.read_bytes()
+    not_ours = CharlstmError(f"{path} is not a charlstm checkpoint")
+    corrupt = CharlstmError(f"checkpoint {path} is truncated or corrupt; use another checkpoint (e.g. best/last)")
+    if len(data) < 8:
+        raise corrupt if data else not_ours
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8:
+        raise not_ours if header_len > 100_000_000 else corrupt
+    try:
+        header = json.loads(data[8:8 + header_len].decode("utf-8"))
+        metadata = header.get("__metadata__") or {}
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise corrupt from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise not_ours
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise corrupt from None
+    if version > FORMAT_VERSION:
+        raise CharlstmError(
+            f"checkpoint {path} has format version {version}, newer than this charlstm "
+            f"({__version__}) reads ({FORMAT_VERSION}); upgrade charlstm")
+    try:
+        tensors = safetensors.numpy.load(data)
+        payload_json = metadata["payload"]
+        if _digest(payload_json, tensors) != metadata.get("sha256"):
+            raise corrupt
+        payload = json.loads(payload_json)
+    except CharlstmError:
+        raise
+    except Exception:  # safetensors raises its own error types for malformed files
+        raise corrupt from None
+    return tensors, payload
+
+
+def save(path: Path, ckpt: Checkpoint) -> None:
+    tensors = {f"model.{name}": view for name, view in ckpt.params.views.items()}
+    if ckpt.optimizer_moments is not None:
+        tensors["optimizer.exp_avg"], tensors["optimizer.exp_avg_sq"] = ckpt.optimizer_moments
+    if ckpt.carried_state is not None:
+        tensors["state.h"], tensors["state.c"] = ckpt.carried_state
+    payload = {
+        "charlstm_version": __version__,
+        "config": config_to_dict(ckpt.config),
+        "vocab": ckpt.vocab.chars,
+        "progress": ckpt.progress,
+        "optimizer_step": ckpt.optimizer_step,
+        "rng_states": ckpt.rng_states,
+    }
+    write_checkpoint(path, tensors, payload)
+
+
+def load(path: Path) -> Checkpoint:
+    tensors, payload = read_checkpoint(path)
+    try:
+        config = config_from_dict(payload["config"], f"config in {path}")
+        vocab = Vocab(payload["vocab"])
+        shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers)
+        params = Params(shapes, tensors[f"model.{next(iter(shapes))}"].dtype)
+        for name in shapes:
+            params[name][...] = tensors[f"model.{name}"]
+    except (KeyError, ValueError, TypeError, ConfigError):
+        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent; it cannot be used") from None
+    moments = state = None
+    if "optimizer.exp_avg" in tensors:
+        moments = (tensors["optimizer.exp_avg"], tensors["optimizer.exp_avg_sq"])
+    if "state.h" in tensors:
+        state = (tensors["state.h"], tensors["state.c"])
+    return Checkpoint(config, vocab, params, payload.get("progress", {}),
+                      payload.get("optimizer_step", 0), moments, state, payload.get("rng_states", {}))

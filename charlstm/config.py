@@ -1,0 +1,274 @@
+"""Typed, frozen configuration: defaults, YAML loading, `--set` overrides, validation.
+
+Every knob is a field of one of three frozen dataclasses (`model`, `train`, `data`);
+the field's default is the project's default, and its `check` says which values are
+allowed. `configs/default.yaml` repeats the defaults with a comment per key (a test
+keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import CharlstmError
+
+
+class ConfigError(CharlstmError):
+    """A config file, key or value that cannot be used."""
+
+
+# ---- value checks: each returns None when fine, or what the value must be ----
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"at least {low}"
+
+
+def _greater_than(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v > low else f"greater than {low}"
+
+
+def _in_range(low: float, high: float, high_inclusive: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        ok = low <= v <= high if high_inclusive else low <= v < high
+        return None if ok else f"in [{low}, {high}{']' if high_inclusive else ')'}"
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else "one of " + ", ".join(choices)
+
+
+def _betas(v) -> str | None:
+    return None if all(0.0 <= b < 1.0 for b in v) else "two numbers, each in [0, 1)"
+
+
+def _encoding(v) -> str | None:
+    try:
+        codecs.lookup(v)
+    except LookupError:
+        return "a text encoding Python knows (e.g. utf-8, latin-1)"
+    return None
+
+
+def _fraction_in_range(v) -> str | None:
+    # Zero would leave nothing to validate on, and `best` would mean nothing.
+    return None if 0.0 < v <= 0.5 else "in (0, 0.5]"
+
+
+def _key(default, check=None):
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int = _key(256, _at_least(1))
+    num_layers: int = _key(2, _at_least(1))
+    dropout: float = _key(0.0, _in_range(0.0, 1.0))
+    forget_bias: float = _key(1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = _key(32, _at_least(1))
+    seq_len: int = _key(64, _at_least(1))
+    max_steps: int = _key(1000, _at_least(1))
+    lr: float = _key(3e-3, _greater_than(0.0))
+    lr_schedule: str = _key("cosine", _one_of("constant", "cosine", "exponential"))
+    warmup_steps: int = _key(50, _at_least(0))
+    final_lr_fraction: float = _key(0.1, _in_range(0.0, 1.0, high_inclusive=True))
+    betas: tuple[float, float] = _key((0.9, 0.999), _betas)
+    eps: float = _key(1e-8, _greater_than(0.0))
+    weight_decay: float = _key(0.0, _at_least(0.0))
+    grad_clip: float = _key(5.0, _at_least(0.0))
+    log_every: int = _key(10, _at_least(1))
+    eval_every: int = _key(200, _at_least(1))
+    checkpoint_every: int = _key(200, _at_least(1))
+    sample_every: int = _key(400, _at_least(1))
+    sample_length: int = _key(200, _at_least(0))
+    seed: int = _key(1337, _at_least(0))
+    dtype: str = _key("float32", _one_of("float32", "float64"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    val_fraction: float = _key(0.1, _fraction_in_range)
+    encoding: str = _key("utf-8", _encoding)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, e.g. 'train.lr', in declaration order."""
+    return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+# ---- coercion: YAML value -> declared type, or a ConfigError naming the key ----
+
+def _coerce(key: str, type_name: str, value: Any) -> Any:
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise wrong("a number")
+        if isinstance(value, str):
+            # PyYAML reads "1e-3" (no dot) as a string; accept what float() accepts.
+            try:
+                value = float(value)
+            except ValueError:
+                raise wrong("a number") from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong("a finite number")
+        return float(value)
+    if type_name == "str":
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if type_name == "tuple[float, float]":
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise wrong("a list of two numbers, e.g. [0.9, 0.999]")
+        return tuple(_coerce(key, "float", v) for v in value)
+    raise AssertionError(f"no coercion for type {type_name}")
+
+
+def _closest_key(key: str) -> str | None:
+    """Best guess at the key meant: the same name in another section, an acronym
+    (learning_rate -> lr), or the most similar name, preferring the same section."""
+    section, _, name = key.rpartition(".")
+    if not section:  # a section name
+        close = difflib.get_close_matches(name, list(SECTIONS), n=1, cutoff=0.5)
+        return close[0] if close else None
+    keys = all_keys()
+    by_name = {k.rpartition(".")[2]: k for k in keys}
+    acronym = "".join(part[0] for part in name.split("_") if part)
+    in_section = [k.rpartition(".")[2] for k in keys if k.startswith(section + ".")]
+    for guess in (name, acronym if "_" in name else None):
+        if guess in by_name:
+            return by_name[guess]
+    close = difflib.get_close_matches(name, in_section, n=1, cutoff=0.6)
+    if close:
+        return f"{section}.{close[0]}"
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = _closest_key(key)
+    hint = f" (did you mean '{close}'?)" if close else f"; known keys: {', '.join(all_keys())}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def config_from_dict(raw: Any, source: str = "config") -> Config:
+    """Validate a nested dict (as read from YAML) into a Config; missing keys keep defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (model, train, data)")
+    sections = {}
+    for section_name, section in raw.items():
+        if section_name not in SECTIONS:
+            raise _unknown_key(str(section_name))
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{section_name}' must be a mapping of keys to values")
+        cls = SECTIONS[section_name]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in section.items():
+            key = f"{section_name}.{name}"
+            if name not in fields:
+                raise _unknown_key(key)
+            value = _coerce(key, fields[name].type, value)
+            check = fields[name].metadata["check"]
+            problem = check(value) if check else None
+            if problem:
+                raise ConfigError(f"config key '{key}' must be {problem}, got {value!r}")
+            values[name] = value
+        sections[section_name] = cls(**values)
+    return Config(**sections)
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain nested dict (tuples as lists) suitable for YAML and JSON."""
+    out = {}
+    for name in SECTIONS:
+        section = dataclasses.asdict(getattr(config, name))
+        out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+    return out
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a .yaml file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{where}: YAML syntax error ({problem})") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=0.001' -> ('train.lr', 0.001); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or "." not in key or not value.strip():
+        raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.001), got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot read value {value!r}") from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of the nested dict `raw` with each 'section.key=value' applied."""
+    merged = dict(raw)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in all_keys():
+            raise _unknown_key(key)
+        section, _, name = key.partition(".")
+        merged[section] = {**(merged.get(section) or {}), name: value}
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then each `--set` override."""
+    source = str(path) if path is not None else "config"
+    raw = _read_yaml(Path(path)) if path is not None else None
+    config = config_from_dict(raw, source)  # the file alone must be valid
+    if not overrides:
+        return config
+    return config_from_dict(apply_overrides(config_to_dict(config), list(overrides)), source)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,194 @@
+"""Corpus -> vocabulary -> ids -> parallel streams -> windows for truncated BPTT.
+
+The text is never held as one-hot: ids are stored in the smallest unsigned dtype
+that fits the vocabulary, and the model gathers weight rows by id. Encoding is
+vectorised per chunk (code points via UTF-32, a lookup table, no Python loop over
+characters), so a large file costs about its own size in ids.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import CharlstmError
+
+MAX_CODE_POINT = 0x10FFFF
+CHUNK_BYTES = 1 << 24  # 16 MiB of file per decoding step
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Sorted distinct characters; a character's id is its index in `chars`."""
+
+    chars: str
+
+    def __post_init__(self):
+        codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
+        lookup = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int64)
+        lookup[codes] = np.arange(len(codes))
+        object.__setattr__(self, "_lookup", lookup)
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def id_dtype(self) -> np.dtype:
+        return smallest_id_dtype(self.size)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of `text`; raises CharlstmError listing characters outside the vocabulary."""
+        codes = _code_points(text)
+        ids = self._lookup[np.minimum(codes, len(self._lookup) - 1)]
+        unknown = (ids < 0) | (codes >= len(self._lookup))
+        if unknown.any():
+            missing = sorted(set(chr(c) for c in codes[unknown]))
+            raise CharlstmError(
+                "characters not in the model's vocabulary: "
+                + " ".join(repr(ch) for ch in missing))
+        return ids.astype(self.id_dtype)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in np.asarray(ids).ravel())
+
+
+def smallest_id_dtype(vocab_size: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise AssertionError("vocabulary larger than Unicode")
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
+    """Decode the file chunk by chunk; a bad byte raises naming its file offset."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            final = not chunk
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as exc:
+                at = offset - pending + exc.start
+                raise CharlstmError(
+                    f"{path}: byte {at} is not valid {encoding} ({exc.reason}); "
+                    "fix the file or set data.encoding") from None
+            offset += len(chunk)
+            if text:
+                yield text
+            if final:
+                return
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CharlstmError(f"{path} does not exist")
+    if path.is_dir():
+        raise CharlstmError(f"{path} is a directory; pass a text file")
+    return path
+
+
+def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[Vocab, np.ndarray]:
+    """Read a text file into (vocabulary, ids). Two passes: count characters, then map."""
+    path = _existing_file(path)
+    counts = np.zeros(MAX_CODE_POINT + 1, dtype=np.int64)
+    for text in _decoded_chunks(path, encoding):
+        counts += np.bincount(_code_points(text), minlength=MAX_CODE_POINT + 1)
+    total = int(counts.sum())
+    if total == 0:
+        raise CharlstmError(f"corpus {path} is empty")
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise CharlstmError(
+            f"corpus {path} has only one distinct character; a language model needs at least two")
+    vocab = Vocab("".join(map(chr, present)))
+    lookup = np.zeros(present[-1] + 1, dtype=vocab.id_dtype)
+    lookup[present] = np.arange(len(present))
+    ids = np.empty(total, dtype=vocab.id_dtype)
+    start = 0
+    for text in _decoded_chunks(path, encoding):
+        chunk_ids = lookup[_code_points(text)]
+        ids[start:start + len(chunk_ids)] = chunk_ids
+        start += len(chunk_ids)
+    return vocab, ids
+
+
+def read_corpus_with_vocab(path: str | Path, encoding: str, vocab: Vocab) -> np.ndarray:
+    """Ids of a text file under an existing vocabulary (e.g. a checkpoint's)."""
+    path = _existing_file(path)
+    try:
+        parts = [vocab.encode(text) for text in _decoded_chunks(path, encoding)]
+    except CharlstmError as exc:
+        raise CharlstmError(f"{path}: {exc}") from None
+    return np.concatenate(parts) if parts else np.empty(0, dtype=vocab.id_dtype)
+
+
+def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The contiguous tail (`val_fraction` of the ids) is held out for validation."""
+    num_val = int(round(len(ids) * val_fraction))
+    return ids[:len(ids) - num_val], ids[len(ids) - num_val:]
+
+
+def min_corpus_chars(batch_size: int, seq_len: int, val_fraction: float) -> int:
+    """Smallest corpus giving one training window and at least two validation characters."""
+    train_needed = batch_size * (seq_len + 1)
+
+    def enough(total: int) -> bool:
+        num_val = int(round(total * val_fraction))
+        return total - num_val >= train_needed and num_val >= 2
+
+    total = max(train_needed, int(train_needed / (1.0 - val_fraction)) - 2)
+    while not enough(total):  # both parts grow by at most one per character
+        total += 1
+    return total
+
+
+def make_streams(ids: np.ndarray, batch_size: int) -> np.ndarray:
+    """(B, L) view: B contiguous streams of equal length; the ragged end is dropped."""
+    length = len(ids) // batch_size
+    return ids[:batch_size * length].reshape(batch_size, length)
+
+
+def num_windows(streams: np.ndarray, seq_len: int) -> int:
+    """Windows per epoch: each needs seq_len inputs plus one more id as the last target."""
+    return (streams.shape[1] - 1) // seq_len
+
+
+def get_window(streams: np.ndarray, index: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and next-character targets of window `index`, time-major (T, B) intp arrays."""
+    start = index * seq_len
+    block = streams[:, start:start + seq_len + 1].T.astype(np.intp)
+    return block[:-1], block[1:]
+
+
+def eval_windows(ids: np.ndarray, batch_size: int, seq_len: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Windows covering every next-character prediction in `ids` exactly once.
+
+    Like training, the text is cut into `batch_size` contiguous streams with state
+    carried; unlike training, the ragged end is padded and masked instead of dropped,
+    so the loss is averaged over every character. Yields (inputs, targets, mask),
+    each (T', B) with T' <= seq_len.
+    """
+    num_predictions = len(ids) - 1
+    stream_len = -(-num_predictions // batch_size)
+    padded = np.zeros(batch_size * stream_len + 1, dtype=np.intp)
+    padded[:len(ids)] = ids
+    inputs = padded[:-1].reshape(batch_size, stream_len)
+    targets = padded[1:].reshape(batch_size, stream_len)
+    mask = (np.arange(batch_size * stream_len) < num_predictions).reshape(batch_size, stream_len)
+    for start in range(0, stream_len, seq_len):
+        window = slice(start, start + seq_len)
+        yield inputs[:, window].T, targets[:, window].T, mask[:, window].T

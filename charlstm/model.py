@@ -1,0 +1,216 @@
+"""The character model: L stacked LSTM layers, a linear head, softmax cross-entropy.
+
+Parameters live in one flat buffer with a named view per tensor (`Params`), so the
+optimizer is one vectorised update, global-norm clipping is one dot product, and the
+checkpoint and gradient check walk the same names:
+
+    lstm.{k}.W_x  (D_k, 4H)   D_0 = V (one-hot characters), D_k = H above
+    lstm.{k}.W_h  (H, 4H)
+    lstm.{k}.b    (4H,)       gate blocks i, f, g, o
+    head.W_y      (H, V)
+    head.b_y      (V,)
+
+Inverted dropout (Srivastava et al. 2014; between layers as in Zaremba et al. 2014)
+is applied to the outputs of every layer, i.e. before each layer above and before the
+head, and only when training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .lstm import LSTMCache, input_projection, lstm_backward, recurrence_forward
+
+
+def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for layer in range(num_layers):
+        input_size = vocab_size if layer == 0 else hidden_size
+        shapes[f"lstm.{layer}.W_x"] = (input_size, 4 * hidden_size)
+        shapes[f"lstm.{layer}.W_h"] = (hidden_size, 4 * hidden_size)
+        shapes[f"lstm.{layer}.b"] = (4 * hidden_size,)
+    shapes["head.W_y"] = (hidden_size, vocab_size)
+    shapes["head.b_y"] = (vocab_size,)
+    return shapes
+
+
+class Params:
+    """Named arrays that are views into one flat, contiguous buffer."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], dtype=np.float32, flat: np.ndarray | None = None):
+        total = sum(int(np.prod(s)) for s in shapes.values())
+        self.flat = np.zeros(total, dtype=dtype) if flat is None else flat
+        assert self.flat.shape == (total,), "flat buffer does not match the shapes"
+        self.shapes = dict(shapes)
+        self.views: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            self.views[name] = self.flat[offset:offset + size].reshape(shape)
+            offset += size
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.views[name]
+
+    def names(self) -> list[str]:
+        return list(self.views)
+
+    def zeros_like(self) -> "Params":
+        return Params(self.shapes, self.flat.dtype)
+
+    def astype(self, dtype) -> "Params":
+        return Params(self.shapes, dtype, self.flat.astype(dtype))
+
+    @property
+    def num_layers(self) -> int:
+        return sum(1 for name in self.views if name.endswith(".W_h"))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.shapes["lstm.0.W_h"][0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.shapes["head.b_y"][0]
+
+
+def _glorot_uniform(rng: np.random.Generator, shape) -> np.ndarray:
+    limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-limit, limit, size=shape)
+
+
+def _orthogonal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Orthogonal init as Keras does it: QR of a Gaussian matrix, signs fixed by diag(R)."""
+    rows, cols = shape
+    flat = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    return q if rows >= cols else q.T
+
+
+def init_params(vocab_size: int, hidden_size: int, num_layers: int, forget_bias: float,
+                rng: np.random.Generator, dtype=np.float32) -> Params:
+    """Keras defaults: W_x glorot-uniform, W_h orthogonal, b zero but the forget block
+    at `forget_bias` (Jozefowicz et al. 2015); head glorot-uniform, zero bias."""
+    params = Params(param_shapes(vocab_size, hidden_size, num_layers), dtype)
+    for layer in range(num_layers):
+        params[f"lstm.{layer}.W_x"][...] = _glorot_uniform(rng, params.shapes[f"lstm.{layer}.W_x"])
+        params[f"lstm.{layer}.W_h"][...] = _orthogonal(rng, params.shapes[f"lstm.{layer}.W_h"])
+        params[f"lstm.{layer}.b"][hidden_size:2 * hidden_size] = forget_bias
+    params["head.W_y"][...] = _glorot_uniform(rng, params.shapes["head.W_y"])
+    return params
+
+
+def zero_state(num_layers: int, batch_size: int, hidden_size: int, dtype=np.float32):
+    """Carried state (h, c), each (L, B, H)."""
+    shape = (num_layers, batch_size, hidden_size)
+    return np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=dtype)
+
+
+@dataclass
+class ModelCache:
+    layers: list[LSTMCache]
+    dropout_masks: list[np.ndarray | None]  # per layer output, (T, B, H) scaled by 1/(1-p)
+    head_input: np.ndarray                  # (T*B, H) top outputs after dropout
+    probs: np.ndarray                       # (T*B, V) softmax
+    targets: np.ndarray                     # (T*B,)
+    weights: np.ndarray | None              # (T*B,) mask / count, or None for a plain mean
+    count: float
+
+
+def _dropout_mask(rng: np.random.Generator, shape, rate: float, dtype) -> np.ndarray:
+    keep = rng.random(shape, dtype=np.float32) >= rate
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+
+def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
+               rng: np.random.Generator | None = None):
+    """Run the LSTM stack over ids `inputs` (T, B) from state (h, c), each (L, B, H).
+
+    Returns (top outputs (T, B, H) after dropout, final state, layer caches, dropout
+    masks). dropout > 0 needs `rng`.
+    """
+    h0, c0 = state
+    x = inputs
+    layer_caches, dropout_masks = [], []
+    final_h, final_c = np.empty_like(h0), np.empty_like(c0)
+    for layer in range(params.num_layers):
+        W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
+        cache = recurrence_forward(input_projection(x, W_x, b), h0[layer], c0[layer], W_h, x)
+        layer_caches.append(cache)
+        final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
+        x = cache.h[1:]
+        keep = _dropout_mask(rng, x.shape, dropout, x.dtype) if dropout > 0.0 else None
+        if keep is not None:
+            x = x * keep
+        dropout_masks.append(keep)
+    return x, (final_h, final_c), layer_caches, dropout_masks
+
+
+def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
+            dropout: float = 0.0, rng: np.random.Generator | None = None,
+            mask: np.ndarray | None = None):
+    """Mean cross-entropy (nats/char) of predicting `targets` from `inputs`.
+
+    inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 needs
+    `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
+    Returns (loss, final_state, cache).
+    """
+    dtype = params.flat.dtype
+    x, final_state, layer_caches, dropout_masks = run_layers(params, inputs, state, dropout, rng)
+    time, batch, hidden = x.shape
+    head_input = x.reshape(time * batch, hidden)
+    logits = head_input @ params["head.W_y"]
+    logits += params["head.b_y"]
+    flat_targets = targets.reshape(-1)
+    # Stable log-softmax: subtract the row max before exp.
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    row_sums = probs.sum(axis=1)
+    rows = np.arange(len(flat_targets))
+    nll = np.log(row_sums) - logits[rows, flat_targets]
+    probs /= row_sums[:, None]
+    if mask is None:
+        count, weights = float(len(flat_targets)), None
+        loss = float(nll.sum(dtype=np.float64) / count)
+    else:
+        flat_mask = mask.reshape(-1)
+        count = float(flat_mask.sum())
+        weights = flat_mask.astype(dtype) / dtype.type(count)
+        loss = float((nll * flat_mask).sum(dtype=np.float64) / count)
+    cache = ModelCache(layer_caches, dropout_masks, head_input, probs, flat_targets, weights, count)
+    return loss, final_state, cache
+
+
+def backward(params: Params, cache: ModelCache, grads: Params, d_state=None):
+    """Fill `grads` (same names as `params`) with d loss / d param; return the
+    gradient of the initial state (d_h0, d_c0), each (L, B, H). d_state optionally
+    adds gradient at the final state (used by the gradient check)."""
+    d_logits = cache.probs.copy()
+    d_logits[np.arange(len(cache.targets)), cache.targets] -= 1.0
+    if cache.weights is None:
+        d_logits *= d_logits.dtype.type(1.0 / cache.count)
+    else:
+        d_logits *= cache.weights[:, None]
+    np.matmul(cache.head_input.T, d_logits, out=grads["head.W_y"])
+    np.sum(d_logits, axis=0, out=grads["head.b_y"])
+    top = cache.layers[-1]
+    d_x = (d_logits @ params["head.W_y"].T).reshape(top.h[1:].shape)
+
+    num_layers = params.num_layers
+    d_h0 = np.empty((num_layers,) + top.h.shape[1:], dtype=d_x.dtype)
+    d_c0 = np.empty_like(d_h0)
+    for layer in range(num_layers - 1, -1, -1):
+        if cache.dropout_masks[layer] is not None:
+            d_x *= cache.dropout_masks[layer]
+        d_h_last = d_c_last = None
+        if d_state is not None:
+            d_h_last, d_c_last = d_state[0][layer], d_state[1][layer]
+        d_x, d_h0[layer], d_c0[layer], _ = lstm_backward(
+            d_x, cache.layers[layer], params[f"lstm.{layer}.W_x"], params[f"lstm.{layer}.W_h"],
+            d_h_last, d_c_last,
+            grads=(grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
+            need_d_x=layer > 0)
+    return d_h0, d_c0

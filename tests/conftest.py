@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny corpora and configs so tests stay fast."""
+
+from pathlib import Path
+
+import pytest
+
+from charlstm.config import load_config
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """A few KB of repetitive text a tiny model learns in a few dozen steps."""
+    lines = [f"the {a} {b} sat on the {c}.\n"
+             for a in ("red", "big", "old") for b in ("cat", "dog", "hen") for c in ("mat", "log", "rug")]
+    path = tmp_path / "tiny.txt"
+    path.write_text("".join(lines) * 12, encoding="utf-8")
+    return path
+
+
+def tiny_config(**overrides):
+    """A config that trains in well under a second per few steps."""
+    sets = {
+        "model.hidden_size": 16, "model.num_layers": 2, "train.batch_size": 4, "train.seq_len": 12,
+        "train.max_steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
+        "train.sample_every": 10, "train.sample_length": 20, "train.log_every": 5,
+        "train.warmup_steps": 2, "train.lr": 0.02,
+    }
+    sets.update(overrides)
+    return load_config(None, [f"{k}={v}" for k, v in sets.items()])

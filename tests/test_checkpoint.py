@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+from charlstm import checkpoint
+from charlstm.checkpoint import Checkpoint
+from charlstm.config import load_config
+from charlstm.data import Vocab
+from charlstm.errors import CharlstmError
+from charlstm.model import init_params
+
+
+@pytest.fixture
+def saved(tmp_path):
+    config = load_config(None, ["model.hidden_size=6", "model.num_layers=2"])
+    vocab = Vocab("\n !abcé🙂")
+    params = init_params(vocab.size, 6, 2, 1.0, np.random.default_rng(0))
+    rng = np.random.default_rng(3)
+    ckpt = Checkpoint(config, vocab, params,
+                      progress={"step": 7, "epoch": 1, "window": 2, "best_val_loss": 1.25},
+                      optimizer_step=7,
+                      optimizer_moments=(np.arange(params.flat.size, dtype=np.float32),
+                                         np.ones(params.flat.size, dtype=np.float32)),
+                      carried_state=(np.full((2, 4, 6), 0.5, np.float32), np.full((2, 4, 6), -0.5, np.float32)),
+                      rng_states={"sample": rng.bit_generator.state})
+    path = tmp_path / "last.safetensors"
+    checkpoint.save(path, ckpt)
+    return path, ckpt
+
+
+def test_round_trip_restores_everything_exactly(saved):
+    path, original = saved
+    loaded = checkpoint.load(path)
+    assert loaded.config == original.config
+    assert loaded.vocab == original.vocab
+    assert np.array_equal(loaded.params.flat, original.params.flat)
+    assert loaded.params.flat.dtype == np.float32
+    assert loaded.progress == original.progress
+    assert loaded.optimizer_step == 7
+    for a, b in zip(loaded.optimizer_moments + loaded.carried_state,
+                    original.optimizer_moments + original.carried_state):
+        assert np.array_equal(a, b)
+    restored = np.random.default_rng()
+    restored.bit_generator.state = loaded.rng_states["sample"]
+    assert restored.random() == np.random.default_rng(3).random()
+
+
+def test_write_leaves_no_temporary_files_and_replaces_atomically(saved):
+    path, ckpt = saved
+    checkpoint.save(path, ckpt)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.safetensors"]
+
+
+def test_failed_write_keeps_the_previous_file(saved, monkeypatch):
+    path, ckpt = saved
+    before = path.read_bytes()
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", broken_fsync)
+    with pytest.raises(CharlstmError, match="No space left on device.*previous file is untouched"):
+        checkpoint.save(path, ckpt)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.safetensors"]
+
+
+def test_truncated_file_is_refused(saved):
+    path, _ = saved
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 100, 4):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CharlstmError, match="truncated or corrupt"):
+            checkpoint.load(path)
+
+
+def test_any_flipped_byte_is_refused(saved):
+    path, _ = saved
+    data = path.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    rng = np.random.default_rng(0)
+    # bytes in the JSON header (metadata included) and in the array data
+    positions = list(rng.integers(8, 8 + header_len, 15)) + list(rng.integers(8 + header_len, len(data), 15))
+    for position in positions:
+        corrupted = bytearray(data)
+        corrupted[position] ^= 0x01
+        path.write_bytes(bytes(corrupted))
+        with pytest.raises(CharlstmError) as info:
+            checkpoint.load(path)
+        assert "\n" not in str(info.value)
+
+
+def test_other_files_are_not_checkpoints(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a checkpoint at all")
+    with pytest.raises(CharlstmError, match="not a charlstm checkpoint"):
+        checkpoint.load(text)
+    import safetensors.numpy
+    foreign = tmp_path / "foreign.safetensors"
+    safetensors.numpy.save_file({"w": np.zeros(3, np.float32)}, str(foreign))
+    with pytest.raises(CharlstmError, match="not a charlstm checkpoint"):
+        checkpoint.load(foreign)
+    with pytest.raises(CharlstmError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.safetensors")
+    with pytest.raises(CharlstmError, match="is a directory"):
+        checkpoint.load(tmp_path)
+
+
+def test_newer_format_version_is_refused_with_what_to_do(saved):
+    path, _ = saved
+    tensors, payload = checkpoint.read_checkpoint(path)
+    import safetensors.numpy
+    metadata = {"format": checkpoint.FORMAT_NAME, "format_version": str(checkpoint.FORMAT_VERSION + 1),
+                "payload": json.dumps(payload), "sha256": "0"}
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
+    with pytest.raises(CharlstmError, match="newer than this charlstm.*upgrade charlstm"):
+        checkpoint.load(path)

@@ -1,0 +1,110 @@
+"""The full model: finite-difference gradient check, init, masked loss, dropout."""
+
+import numpy as np
+import pytest
+
+from charlstm.model import Params, backward, forward, init_params, param_shapes, zero_state
+
+
+def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64) -> Params:
+    params = init_params(vocab, hidden, layers, 1.0, rng, dtype)
+    params.flat += rng.normal(scale=0.3, size=params.flat.shape)  # nonzero biases, varied gates
+    return params
+
+
+def relative_error(analytic, numeric):
+    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
+
+
+def test_gradients_match_central_differences_for_every_tensor_and_the_initial_state():
+    rng = np.random.default_rng(0)
+    vocab, hidden, layers, T, B = 7, 5, 2, 6, 3
+    params = perturbed_model(rng, vocab, hidden, layers)
+    inputs, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
+    h0, c0 = rng.normal(scale=0.5, size=(2, layers, B, hidden))
+
+    def loss():  # dropout on, with the same masks every call
+        return forward(params, inputs, targets, (h0, c0), dropout=0.3, rng=np.random.default_rng(7))[0]
+
+    _, _, cache = forward(params, inputs, targets, (h0, c0), dropout=0.3, rng=np.random.default_rng(7))
+    grads = params.zeros_like()
+    d_h0, d_c0 = backward(params, cache, grads)
+
+    def numeric_gradient(array):
+        numeric = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            saved = array[index]
+            array[index] = saved + 1e-5
+            plus = loss()
+            array[index] = saved - 1e-5
+            minus = loss()
+            array[index] = saved
+            numeric[index] = (plus - minus) / 2e-5
+        return numeric
+
+    worst = {}
+    for name in params.names():
+        worst[name] = relative_error(grads[name], numeric_gradient(params[name])).max()
+    worst["h0"] = relative_error(d_h0, numeric_gradient(h0)).max()
+    worst["c0"] = relative_error(d_c0, numeric_gradient(c0)).max()
+    print("max relative error per tensor:", {k: f"{v:.1e}" for k, v in worst.items()})
+    assert set(worst) == set(param_shapes(vocab, hidden, layers)) | {"h0", "c0"}
+    assert max(worst.values()) < 1e-5
+
+
+def test_init_follows_keras_defaults():
+    params = init_params(11, 8, 2, forget_bias=1.0, rng=np.random.default_rng(1))
+    for layer in range(2):
+        W_h = params[f"lstm.{layer}.W_h"].astype(np.float64)  # (8, 32)
+        np.testing.assert_allclose(W_h @ W_h.T, np.eye(8), atol=1e-5)  # orthonormal rows
+        b = params[f"lstm.{layer}.b"]
+        assert np.all(b[8:16] == 1.0) and np.all(b[:8] == 0) and np.all(b[16:] == 0)
+        W_x = params[f"lstm.{layer}.W_x"]
+        limit = np.sqrt(6 / sum(W_x.shape))
+        assert np.abs(W_x).max() <= limit and np.abs(W_x).max() > 0.8 * limit
+    assert params.flat.dtype == np.float32
+    assert np.all(params["head.b_y"] == 0)
+
+
+def test_same_seed_gives_identical_weights():
+    a = init_params(11, 8, 2, 1.0, np.random.default_rng(5))
+    b = init_params(11, 8, 2, 1.0, np.random.default_rng(5))
+    assert np.array_equal(a.flat, b.flat)
+
+
+def test_params_are_views_into_one_flat_buffer():
+    params = init_params(5, 3, 2, 1.0, np.random.default_rng(0))
+    for name in params.names():
+        assert np.shares_memory(params[name], params.flat)
+    params.flat[:] = 0
+    assert not params["lstm.1.W_h"].any()
+
+
+def test_masked_loss_is_the_mean_over_unmasked_positions_only():
+    rng = np.random.default_rng(2)
+    params = perturbed_model(rng)
+    inputs, targets = rng.integers(0, 7, (5, 3)), rng.integers(0, 7, (5, 3))
+    state = zero_state(2, 3, 5, np.float64)
+    mask = rng.random((5, 3)) < 0.6
+    masked, _, cache = forward(params, inputs, targets, state, mask=mask)
+    full, _, full_cache = forward(params, inputs, targets, state)
+    probs = full_cache.probs.reshape(5, 3, 7)
+    nll = -np.log(np.take_along_axis(probs, targets[..., None], axis=2)[..., 0])
+    assert masked == pytest.approx(nll[mask].mean(), rel=1e-12)
+    assert full == pytest.approx(nll.mean(), rel=1e-12)
+    assert cache.count == mask.sum()
+
+
+def test_dropout_is_inverted_and_off_without_a_rate():
+    rng = np.random.default_rng(3)
+    params = perturbed_model(rng, dtype=np.float32)
+    inputs, targets = rng.integers(0, 7, (50, 40)), rng.integers(0, 7, (50, 40))
+    state = zero_state(2, 40, 5, np.float32)
+    _, _, cache = forward(params, inputs, targets, state, dropout=0.25, rng=np.random.default_rng(0))
+    mask = cache.dropout_masks[0]
+    assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((mask == 0).mean() - 0.25) < 0.02
+    assert abs(mask.mean() - 1.0) < 0.03  # expectation preserved
+    loss_a, _, _ = forward(params, inputs, targets, state)
+    loss_b, _, _ = forward(params, inputs, targets, state)
+    assert loss_a == loss_b

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from charlstm.data import Vocab
+from charlstm.errors import CharlstmError
+from charlstm.model import init_params, run_layers, zero_state
+from charlstm.sample import draw, generate, next_char_probs
+
+VOCAB = Vocab("\n abcdefgh")
+
+
+@pytest.fixture
+def params():
+    p = init_params(VOCAB.size, 12, 2, 1.0, np.random.default_rng(0))
+    p.flat += np.random.default_rng(1).normal(scale=0.3, size=p.flat.shape).astype(np.float32)
+    return p
+
+
+def text(params, length=60, seed=0, **kw):
+    return "".join(generate(params, VOCAB, length, rng=np.random.default_rng(seed), **kw))
+
+
+def test_same_seed_same_text_and_other_seeds_differ(params):
+    assert text(params, seed=5) == text(params, seed=5)
+    assert text(params, seed=5) != text(params, seed=6)
+    assert len(text(params, length=37)) == 37 and set(text(params)) <= set(VOCAB.chars)
+
+
+def test_argmax_and_top_1_are_greedy_and_ignore_the_seed(params):
+    greedy = text(params, argmax=True, seed=1)
+    assert greedy == text(params, argmax=True, seed=2)
+    assert greedy == text(params, top_k=1, seed=3)
+
+
+def test_generation_follows_the_model_step_by_step(params):
+    """Each generated character was the argmax of the model given the prime and the text so far."""
+    prime = "ab c"
+    out = text(params, length=15, prime=prime, argmax=True)
+    ids = VOCAB.encode(prime + out).astype(np.intp)[:, None]
+    top, _, _, _ = run_layers(params, ids, zero_state(2, 1, 12))
+    logits = top[:, 0] @ params["head.W_y"] + params["head.b_y"]
+    predicted = VOCAB.decode(logits.argmax(axis=1)[len(prime) - 1:-1])
+    assert predicted == out
+
+
+def test_batched_samples_are_independent_rows(params):
+    steps = list(generate(params, VOCAB, 40, rng=np.random.default_rng(0), num_samples=8))
+    rows = ["".join(step[n] for step in steps) for n in range(8)]
+    assert len(set(rows)) > 1
+
+
+def test_draw_follows_the_distribution():
+    probs = np.array([[0.1, 0.0, 0.6, 0.3]] * 20000)
+    counts = np.bincount(draw(probs, np.random.default_rng(0)), minlength=4) / 20000
+    np.testing.assert_allclose(counts, probs[0], atol=0.015)
+    assert counts[1] == 0
+
+
+def test_temperature_and_top_k_shape_the_distribution():
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]]))
+    np.testing.assert_allclose(next_char_probs(logits, 1.0, None), [[0.1, 0.2, 0.3, 0.4]])
+    sharp = next_char_probs(logits, 0.5, None)
+    assert sharp[0, 3] > 0.4 and sharp[0, 0] < 0.1
+    np.testing.assert_allclose(next_char_probs(logits, 1.0, 2), [[0, 0, 3 / 7, 4 / 7]])
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(prime="abz?"), r"not in the model's vocabulary: '\?' 'z'"),
+    (dict(temperature=0.0), "use --argmax"),
+    (dict(temperature=-1.0), "use --argmax"),
+    (dict(top_k=0), "--top-k must be between 1 and the vocabulary size 10"),
+    (dict(top_k=11), "--top-k must be between 1"),
+])
+def test_bad_arguments_are_refused(params, kwargs, fragment):
+    with pytest.raises(CharlstmError, match=fragment):
+        text(params, **kwargs)
+
+
+def test_negative_length_is_refused(params):
+    with pytest.raises(CharlstmError, match="--length must be 0 or more"):
+        text(params, length=-1)
