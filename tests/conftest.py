@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from charlstm.config import load_config
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture
@@ -29,3 +29,18 @@ def tiny_config(**overrides):
     }
     sets.update(overrides)
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
+
+
+def numeric_gradient(objective, array, eps=1e-5):
+    """Central differences of the scalar `objective()` with respect to each entry of
+    `array`, which is perturbed in place and restored."""
+    gradient = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        saved = array[index]
+        array[index] = saved + eps
+        plus = objective()
+        array[index] = saved - eps
+        minus = objective()
+        array[index] = saved
+        gradient[index] = (plus - minus) / (2 * eps)
+    return gradient

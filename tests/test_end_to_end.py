@@ -24,7 +24,7 @@ def test_train_small_config_on_bundled_corpus_then_sample_and_eval(tmp_path):
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
-    assert val[-1] < 1.2  # nats/char; ln(69) = 4.23 for a uniform guess
+    assert val[-1] < 1.0  # nats/char (0.64 measured); ln(69) = 4.23 for a uniform guess
     assert "---- sample at step" in result.stderr + result.stdout
 
     sample = charlstm("sample", "--ckpt", str(run_dir / "best.safetensors"), "--length", "300",
@@ -39,4 +39,4 @@ def test_train_small_config_on_bundled_corpus_then_sample_and_eval(tmp_path):
     evaluation = charlstm("eval", "--ckpt", str(run_dir / "best.safetensors"),
                           str(Path(__file__).resolve().parents[1] / "data" / "corpus.txt"), "--json", cwd=tmp_path)
     assert evaluation.returncode == 0, evaluation.stderr
-    assert json.loads(evaluation.stdout)["loss_nats"] < 1.2
+    assert json.loads(evaluation.stdout)["loss_nats"] < 1.0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from charlstm.lstm import input_projection, lstm_backward, lstm_forward, scatter_add_rows, sigmoid
+from conftest import numeric_gradient
 
 
 def reference_lstm(x, h, c, W_x, W_h, b):
@@ -110,13 +111,5 @@ def test_layer_gradients_match_finite_differences():
     _, _, cache = lstm_forward(x, h0, c0, W_x, W_h, b)
     d_x, d_h0, d_c0, (dW_x, dW_h, db) = lstm_backward(d_out, cache, W_x, W_h, d_h_T, d_c_T)
     for array, analytic in [(x, d_x), (h0, d_h0), (c0, d_c0), (W_x, dW_x), (W_h, dW_h), (b, db)]:
-        numeric = np.zeros_like(array)
-        for index in np.ndindex(array.shape):
-            saved = array[index]
-            array[index] = saved + 1e-6
-            plus = objective()
-            array[index] = saved - 1e-6
-            minus = objective()
-            array[index] = saved
-            numeric[index] = (plus - minus) / 2e-6
+        numeric = numeric_gradient(objective, array, eps=1e-6)
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from charlstm.model import Params, backward, forward, init_params, param_shapes, zero_state
+from conftest import numeric_gradient
 
 
 def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64) -> Params:
@@ -30,23 +31,11 @@ def test_gradients_match_central_differences_for_every_tensor_and_the_initial_st
     grads = params.zeros_like()
     d_h0, d_c0 = backward(params, cache, grads)
 
-    def numeric_gradient(array):
-        numeric = np.zeros_like(array)
-        for index in np.ndindex(array.shape):
-            saved = array[index]
-            array[index] = saved + 1e-5
-            plus = loss()
-            array[index] = saved - 1e-5
-            minus = loss()
-            array[index] = saved
-            numeric[index] = (plus - minus) / 2e-5
-        return numeric
-
     worst = {}
     for name in params.names():
-        worst[name] = relative_error(grads[name], numeric_gradient(params[name])).max()
-    worst["h0"] = relative_error(d_h0, numeric_gradient(h0)).max()
-    worst["c0"] = relative_error(d_c0, numeric_gradient(c0)).max()
+        worst[name] = relative_error(grads[name], numeric_gradient(loss, params[name])).max()
+    worst["h0"] = relative_error(d_h0, numeric_gradient(loss, h0)).max()
+    worst["c0"] = relative_error(d_c0, numeric_gradient(loss, c0)).max()
     print("max relative error per tensor:", {k: f"{v:.1e}" for k, v in worst.items()})
     assert set(worst) == set(param_shapes(vocab, hidden, layers)) | {"h0", "c0"}
     assert max(worst.values()) < 1e-5
