@@ -84,7 +84,7 @@ def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256(payload.encode("utf-8"))
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode("utf-8"))
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
         digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 

@@ -57,10 +57,10 @@ class Params:
     def names(self) -> list[str]:
         return list(self.views)
 
-    def zeros_like(self) -> "Params":
+    def zeros_like(self) -> Params:
         return Params(self.shapes, self.flat.dtype)
 
-    def astype(self, dtype) -> "Params":
+    def astype(self, dtype) -> Params:
         return Params(self.shapes, dtype, self.flat.astype(dtype))
 
     @property

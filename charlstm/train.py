@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -91,18 +91,109 @@ class TrainResult:
     run_dir: Path
 
 
+@dataclass
+class TrainingState:
+    """Everything that changes as training goes; a checkpoint stores all of it."""
+
+    params: Params
+    optimizer: Adam
+    carried: tuple[np.ndarray, np.ndarray]  # (h, c), each (L, B, H)
+    rngs: dict[str, np.random.Generator]
+    step: int = 0
+    best_val_loss: float = math.inf
+
+    @classmethod
+    def fresh(cls, config: Config, vocab_size: int) -> TrainingState:
+        model_cfg, train_cfg = config.model, config.train
+        dtype = np.dtype(train_cfg.dtype)
+        rngs = make_rngs(train_cfg.seed)
+        params = init_params(vocab_size, model_cfg.hidden_size, model_cfg.num_layers,
+                             model_cfg.forget_bias, rngs["init"], dtype)
+        optimizer = Adam(params.flat.size, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay, dtype)
+        carried = zero_state(model_cfg.num_layers, train_cfg.batch_size, model_cfg.hidden_size, dtype)
+        return cls(params, optimizer, carried, rngs)
+
+    def to_checkpoint(self, config: Config, vocab, windows_per_epoch: int) -> checkpoint.Checkpoint:
+        return checkpoint.Checkpoint(
+            config, vocab, self.params,
+            progress={"step": self.step, "epoch": self.step // windows_per_epoch,
+                      "window": self.step % windows_per_epoch,
+                      "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss},
+            optimizer_step=self.optimizer.step_count,
+            optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
+            carried_state=self.carried,
+            rng_states={purpose: rng.bit_generator.state for purpose, rng in self.rngs.items()})
+
+
+def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Config,
+               decay_views: list[np.ndarray]) -> tuple[float, float, float]:
+    """One window of truncated BPTT: forward, backward, clip, Adam. Returns
+    (loss, gradient norm before clipping, learning rate). Raises TrainingDiverged,
+    before touching the weights, if the loss or gradient is not finite."""
+    train_cfg = config.train
+    windows_per_epoch = num_windows(streams, train_cfg.seq_len)
+    window = ts.step % windows_per_epoch
+    if window == 0:  # a new epoch starts the streams again from zero state
+        ts.carried = tuple(np.zeros_like(a) for a in ts.carried)
+    inputs, targets = get_window(streams, window, train_cfg.seq_len)
+    loss, next_state, cache = forward(ts.params, inputs, targets, ts.carried,
+                                      config.model.dropout, ts.rngs["dropout"])
+    backward(ts.params, cache, grads)
+    grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise TrainingDiverged(f"training diverged at step {ts.step + 1} "
+                               f"(loss {loss}, gradient norm {grad_norm})")
+    lr = learning_rate(ts.step, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
+                       train_cfg.max_steps, train_cfg.final_lr_fraction)
+    ts.optimizer.step(ts.params.flat, grads.flat, lr, decay_views)
+    ts.carried = next_state  # fresh arrays: no gradient path back into this window
+    ts.step += 1
+    return loss, grad_norm, lr
+
+
+class MetricsLog:
+    """Appends one JSON object per log event to metrics.jsonl; train_loss and
+    chars_per_s cover the training steps since the previous record."""
+
+    def __init__(self, path: Path, chars_per_step: int, started: float):
+        self.file = open(path, "a", encoding="utf-8")
+        self.chars_per_step = chars_per_step
+        self.started = started
+        self.loss_sum = self.steps = self.seconds = 0.0
+        self.smoothed_loss: float | None = None  # for the progress bar
+
+    def add_step(self, loss: float, seconds: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.seconds += seconds
+        self.smoothed_loss = loss if self.smoothed_loss is None else 0.95 * self.smoothed_loss + 0.05 * loss
+
+    @property
+    def chars_per_s(self) -> float:
+        return self.steps * self.chars_per_step / max(self.seconds, 1e-9)
+
+    def write(self, **fields) -> None:
+        record = {"step": fields.pop("step"), "train_loss": self.loss_sum / max(self.steps, 1),
+                  "chars_per_s": self.chars_per_s, "elapsed_s": time.perf_counter() - self.started,
+                  **fields}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.loss_sum = self.steps = self.seconds = 0.0
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Train from scratch on `corpus`, writing everything to `run_dir`.
 
-    metrics.jsonl gets one object every `log_every` steps and at every evaluation:
-    step, epoch, train_loss (mean over the steps since the last record), lr,
-    grad_norm (before clipping), chars_per_s (training steps only), elapsed_s, and on
-    evaluations val_loss (nats/char) and val_bpc (bits/char).
+    metrics.jsonl gets a record every `log_every` steps and at every evaluation:
+    step, epoch, train_loss, lr, grad_norm (before clipping), chars_per_s (training
+    steps only), elapsed_s, and on evaluations val_loss (nats/char) and val_bpc.
     """
     started = time.perf_counter()
-    model_cfg, train_cfg = config.model, config.train
-    dtype = np.dtype(train_cfg.dtype)
+    train_cfg = config.train
     vocab, ids = read_corpus(corpus, config.data.encoding)
     check_corpus_size(corpus, len(ids), config)
     train_ids, val_ids = split_train_val(ids, config.data.val_fraction)
@@ -111,107 +202,76 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
 
     prepare_run_dir(run_dir, force)
     save_config(config, run_dir / "config.yaml")
-    rngs = make_rngs(train_cfg.seed)
-    params = init_params(vocab.size, model_cfg.hidden_size, model_cfg.num_layers,
-                         model_cfg.forget_bias, rngs["init"], dtype)
-    grads = params.zeros_like()
-    decay_views = [params[n] for n in params.names() if ".W_" in n]
-    optimizer = Adam(params.flat.size, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay, dtype)
-    state = zero_state(model_cfg.num_layers, train_cfg.batch_size, model_cfg.hidden_size, dtype)
+    ts = TrainingState.fresh(config, vocab.size)
+    grads = ts.params.zeros_like()
+    decay_views = [ts.params[n] for n in ts.params.names() if ".W_" in n]  # not the biases
     run_info = {
         "corpus": str(corpus), "corpus_chars": int(len(ids)), "train_chars": int(len(train_ids)),
-        "val_chars": int(len(val_ids)), "vocab_size": vocab.size, "num_params": int(params.flat.size),
+        "val_chars": int(len(val_ids)), "vocab_size": vocab.size, "num_params": int(ts.params.flat.size),
         "windows_per_epoch": windows_per_epoch, "charlstm_version": __version__,
         "numpy_version": np.__version__, "python_version": platform.python_version(),
         "command": sys.argv, "status": "running",
     }
     write_json(run_dir / "run.json", run_info)
-    echo(f"corpus {corpus}: {len(ids):,} chars, vocabulary {vocab.size}; "
-         f"model {model_cfg.num_layers}x{model_cfg.hidden_size}, {params.flat.size:,} parameters; "
+    echo(f"corpus {corpus}: {len(ids):,} chars, vocabulary {vocab.size}; model "
+         f"{config.model.num_layers}x{config.model.hidden_size}, {ts.params.flat.size:,} parameters; "
          f"{windows_per_epoch} windows per epoch; run directory {run_dir}")
 
-    def save(name: str, step: int, best: float) -> None:
-        checkpoint.save(run_dir / (name + checkpoint.EXTENSION), checkpoint.Checkpoint(
-            config, vocab, params,
-            progress={"step": step, "epoch": step // windows_per_epoch,
-                      "window": step % windows_per_epoch,
-                      "best_val_loss": None if math.isinf(best) else best},
-            optimizer_step=optimizer.step_count,
-            optimizer_moments=(optimizer.exp_avg, optimizer.exp_avg_sq),
-            carried_state=state,
-            rng_states={name: rng.bit_generator.state for name, rng in rngs.items()}))
+    def save(name: str) -> Path:
+        path = run_dir / (name + checkpoint.EXTENSION)
+        checkpoint.save(path, ts.to_checkpoint(config, vocab, windows_per_epoch))
+        return path
 
-    best_val, val_loss, last_saved = math.inf, math.nan, None
-    loss_sum = interval_steps = interval_time = 0.0
-    smoothed = None
-    metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-    bar = tqdm(total=train_cfg.max_steps, disable=not show_progress, dynamic_ncols=True,
-               mininterval=0.5, unit="step")
+    def due(every: int) -> bool:
+        return ts.step % every == 0 or ts.step == train_cfg.max_steps
+
+    val_loss, last_saved = math.nan, None
+    log = MetricsLog(run_dir / "metrics.jsonl", train_cfg.batch_size * train_cfg.seq_len, started)
+    bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
+               dynamic_ncols=True, mininterval=0.5, unit="step")
     try:
-        for step in range(train_cfg.max_steps):
-            t0 = time.perf_counter()
-            window = step % windows_per_epoch
-            if window == 0:  # a new epoch starts the streams again from zero state
-                state = zero_state(model_cfg.num_layers, train_cfg.batch_size, model_cfg.hidden_size, dtype)
-            inputs, targets = get_window(streams, window, train_cfg.seq_len)
-            loss, next_state, cache = forward(params, inputs, targets, state,
-                                              model_cfg.dropout, rngs["dropout"])
-            backward(params, cache, grads)
-            grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                kept = f"the last good checkpoint ({last_saved}) is untouched" if last_saved else \
-                    "no checkpoint had been written yet"
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1} (loss {loss}, gradient norm {grad_norm}); "
-                    f"{kept}; try a lower train.lr (now {train_cfg.lr:g}) or train.grad_clip")
-            lr = learning_rate(step, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
-                               train_cfg.max_steps, train_cfg.final_lr_fraction)
-            optimizer.step(params.flat, grads.flat, lr, decay_views)
-            state = next_state
-            done = step + 1
-            interval_time += time.perf_counter() - t0
-            loss_sum += loss
-            interval_steps += 1
-            smoothed = loss if smoothed is None else 0.95 * smoothed + 0.05 * loss
-            chars_per_s = interval_steps * train_cfg.batch_size * train_cfg.seq_len / max(interval_time, 1e-9)
-            bar.set_postfix_str(f"loss {smoothed:.3f} lr {lr:.2e} {chars_per_s:,.0f} char/s", refresh=False)
+        while ts.step < train_cfg.max_steps:
+            step_started = time.perf_counter()
+            try:
+                loss, grad_norm, lr = train_step(ts, grads, streams, config, decay_views)
+            except TrainingDiverged as exc:
+                kept = (f"the last good checkpoint ({last_saved}) is untouched" if last_saved
+                        else "no checkpoint had been written yet")
+                raise TrainingDiverged(f"{exc}; {kept}; try a lower train.lr "
+                                       f"(now {train_cfg.lr:g}) or train.grad_clip") from None
+            log.add_step(loss, time.perf_counter() - step_started)
+            bar.set_postfix_str(f"loss {log.smoothed_loss:.3f} lr {lr:.2e} {log.chars_per_s:,.0f} char/s",
+                                refresh=False)
             bar.update(1)
 
-            is_last = done == train_cfg.max_steps
-            record = {}
-            if done % train_cfg.eval_every == 0 or is_last:
-                val_loss = evaluate(params, val_ids, train_cfg.batch_size, train_cfg.seq_len)
-                improved = val_loss < best_val
-                best_val = min(best_val, val_loss)
-                record.update(val_loss=val_loss, val_bpc=val_loss / math.log(2))
-                echo(f"step {done}: val {val_loss:.4f} nats/char ({val_loss / math.log(2):.4f} bits/char)"
-                     f"{' (best)' if improved else ''}, train {smoothed:.4f}")
+            evaluation = {}
+            if due(train_cfg.eval_every):
+                val_loss = evaluate(ts.params, val_ids, train_cfg.batch_size, train_cfg.seq_len)
+                improved = val_loss < ts.best_val_loss
+                ts.best_val_loss = min(ts.best_val_loss, val_loss)
+                evaluation = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+                echo(f"step {ts.step}: val {val_loss:.4f} nats/char ({val_loss / math.log(2):.4f} bits/char)"
+                     f"{' (best)' if improved else ''}, train {log.smoothed_loss:.4f}")
                 if improved:
-                    save("best", done, best_val)
-            if done % train_cfg.log_every == 0 or record or is_last:
-                record = {"step": done, "epoch": done / windows_per_epoch,
-                          "train_loss": loss_sum / interval_steps, "lr": lr, "grad_norm": grad_norm,
-                          "chars_per_s": chars_per_s,
-                          "elapsed_s": time.perf_counter() - started, **record}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                loss_sum = interval_steps = interval_time = 0.0
-            if done % train_cfg.checkpoint_every == 0 or is_last:
-                save("last", done, best_val)
-                last_saved = run_dir / ("last" + checkpoint.EXTENSION)
-            if train_cfg.sample_length and (done % train_cfg.sample_every == 0 or is_last):
-                text = "".join(generate(params, vocab, train_cfg.sample_length,
-                                        temperature=0.8, rng=rngs["sample"]))
-                echo(f"---- sample at step {done} ----\n{text}\n----")
+                    save("best")
+            if due(train_cfg.log_every) or evaluation:
+                log.write(step=ts.step, epoch=ts.step / windows_per_epoch, lr=lr, grad_norm=grad_norm,
+                          **evaluation)
+            if due(train_cfg.checkpoint_every):
+                last_saved = save("last")
+            if train_cfg.sample_length and due(train_cfg.sample_every):
+                text = "".join(generate(ts.params, vocab, train_cfg.sample_length,
+                                        temperature=0.8, rng=ts.rngs["sample"]))
+                echo(f"---- sample at step {ts.step} ----\n{text}\n----")
     finally:
         bar.close()
-        metrics.close()
+        log.close()
 
     wall = time.perf_counter() - started
-    run_info.update(status="finished", steps=train_cfg.max_steps, best_val_loss=best_val,
+    run_info.update(status="finished", steps=ts.step, best_val_loss=ts.best_val_loss,
                     final_val_loss=val_loss, wall_time_s=wall)
     write_json(run_dir / "run.json", run_info)
-    return TrainResult(train_cfg.max_steps, best_val, val_loss, wall, run_dir)
+    return TrainResult(ts.step, ts.best_val_loss, val_loss, wall, run_dir)
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -48,8 +48,8 @@ def test_chunked_decoding_handles_characters_split_across_chunks(tmp_path, monke
 @pytest.mark.parametrize("chunk_bytes", [5, 1 << 24])
 def test_undecodable_byte_is_reported_at_its_offset(tmp_path, monkeypatch, chunk_bytes):
     monkeypatch.setattr(data, "CHUNK_BYTES", chunk_bytes)
-    content = "héllo".encode("utf-8") * 3 + b"\xff" + b"tail"
-    bad_offset = len("héllo".encode("utf-8")) * 3
+    content = "héllo".encode() * 3 + b"\xff" + b"tail"
+    bad_offset = len("héllo".encode()) * 3
     with pytest.raises(CharlstmError, match=f"byte {bad_offset} is not valid utf-8"):
         read_corpus(write(tmp_path, content))
 
