@@ -168,7 +168,9 @@ def load(path: Path) -> Checkpoint:
         vocab = Vocab(payload["vocab"])
         shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers)
         params = Params(shapes, tensors[f"model.{next(iter(shapes))}"].dtype)
-        for name in shapes:
+        for name, shape in shapes.items():
+            if tensors[f"model.{name}"].shape != shape:
+                raise ValueError(f"{name} has shape {tensors[f'model.{name}'].shape}, expected {shape}")
             params[name][...] = tensors[f"model.{name}"]
     except (KeyError, ValueError, TypeError, ConfigError):
         raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent; it cannot be used") from None

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:
         click.echo(f"error: {exc}", err=True)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except click.ClickException as exc:
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
             click.echo(exc.format_message())  # bare `charlstm`: show the help
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     except (click.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted; completed checkpoints in the run directory are intact", err=True)
+        click.echo("error: interrupted", err=True)
         return 130
     return 0
 

@@ -41,6 +41,12 @@ class TrainingDiverged(CharlstmError):
     """The loss or gradient stopped being a finite number."""
 
 
+class TrainingInterrupted(CharlstmError):
+    """Ctrl-C: the run stops between steps; written checkpoints stay as they are."""
+
+    exit_code = 130
+
+
 def make_rngs(seed: int) -> dict[str, np.random.Generator]:
     """Independent generators per purpose, all derived from the one config seed."""
     children = np.random.SeedSequence(seed).spawn(len(RNG_NAMES))
@@ -235,9 +241,7 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
             try:
                 loss, grad_norm, lr = train_step(ts, grads, streams, config, decay_views)
             except TrainingDiverged as exc:
-                kept = (f"the last good checkpoint ({last_saved}) is untouched" if last_saved
-                        else "no checkpoint had been written yet")
-                raise TrainingDiverged(f"{exc}; {kept}; try a lower train.lr "
+                raise TrainingDiverged(f"{exc}; {kept_checkpoint(last_saved)}; try a lower train.lr "
                                        f"(now {train_cfg.lr:g}) or train.grad_clip") from None
             log.add_step(loss, time.perf_counter() - step_started)
             bar.set_postfix_str(f"loss {log.smoothed_loss:.3f} lr {lr:.2e} {log.chars_per_s:,.0f} char/s",
@@ -263,6 +267,8 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
                 text = "".join(generate(ts.params, vocab, train_cfg.sample_length,
                                         temperature=0.8, rng=ts.rngs["sample"]))
                 echo(f"---- sample at step {ts.step} ----\n{text}\n----")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted at step {ts.step}; {kept_checkpoint(last_saved)}") from None
     finally:
         bar.close()
         log.close()
@@ -272,6 +278,10 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
                     final_val_loss=val_loss, wall_time_s=wall)
     write_json(run_dir / "run.json", run_info)
     return TrainResult(ts.step, ts.best_val_loss, val_loss, wall, run_dir)
+
+
+def kept_checkpoint(path: Path | None) -> str:
+    return f"the last good checkpoint ({path}) is untouched" if path else "no checkpoint had been written yet"
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -116,3 +116,12 @@ def test_newer_format_version_is_refused_with_what_to_do(saved):
     path.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
     with pytest.raises(CharlstmError, match="newer than this charlstm.*upgrade charlstm"):
         checkpoint.load(path)
+
+
+def test_arrays_of_the_wrong_shape_are_refused_even_with_a_valid_checksum(saved):
+    path, _ = saved
+    tensors, payload = checkpoint.read_checkpoint(path)
+    tensors["model.lstm.0.b"] = tensors["model.lstm.0.b"][:1].copy()  # would broadcast if copied in
+    checkpoint.write_checkpoint(path, tensors, payload)
+    with pytest.raises(CharlstmError, match="incomplete or inconsistent"):
+        checkpoint.load(path)

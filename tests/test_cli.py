@@ -1,12 +1,15 @@
 """The command line: one line per failure, nothing overwritten, and the real commands end to end."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from charlstm import checkpoint
 from charlstm.cli import main
 
 TINY = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4", "--set", "train.seq_len=12",
@@ -95,3 +98,22 @@ def test_installed_console_script_runs(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {tmp_path / 'none.txt'} does not exist"
+
+
+def test_ctrl_c_during_training_exits_130_with_one_line_and_keeps_the_checkpoint(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "charlstm.cli", "train", str(tiny_corpus), "--out", str(run_dir),
+            *TINY, "--set", "train.max_steps=1000000", "--set", "train.checkpoint_every=5",
+            "--set", "train.eval_every=1000000", "--set", "train.sample_length=0"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run_dir / "last.safetensors"
+    deadline = time.monotonic() + 60
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted at step "), err
+    assert "last.safetensors) is untouched" in lines[0]
+    assert checkpoint.load(last).progress["step"] % 5 == 0
