@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from charlstm.lstm import input_projection, lstm_backward, lstm_forward, scatter_add_rows, sigmoid
+from charlstm.lstm import ONEHOT_SCATTER_MAX_VOCAB, input_projection, lstm_backward, lstm_forward, scatter_add_rows, sigmoid
 from conftest import numeric_gradient
 
 
@@ -85,7 +85,7 @@ def test_gather_path_equals_explicit_one_hot_product():
         np.testing.assert_allclose(g_ids, g_dense, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("vocab", [5, 300])  # the one-hot product and the sorted-run path
+@pytest.mark.parametrize("vocab", [5, 1000])  # the one-hot product and the sorted-run path
 def test_scatter_add_rows_equals_add_at(vocab):
     rng = np.random.default_rng(4)
     ids = rng.integers(0, vocab, size=500)
@@ -93,6 +93,7 @@ def test_scatter_add_rows_equals_add_at(vocab):
     out = rng.normal(size=(vocab, 8))
     expected = out.copy()
     np.add.at(expected, ids, rows)
+    assert (vocab <= ONEHOT_SCATTER_MAX_VOCAB) == (vocab == 5)
     scatter_add_rows(out, ids, rows)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
