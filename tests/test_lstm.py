@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from charlstm.lstm import ONEHOT_SCATTER_MAX_VOCAB, input_projection, lstm_backward, lstm_forward, scatter_add_rows, sigmoid
+from charlstm.lstm import (ONEHOT_SCATTER_MAX_VOCAB, input_projection, lstm_backward, lstm_forward,
+                           scatter_add_rows, sigmoid)
 from conftest import numeric_gradient
 
 
