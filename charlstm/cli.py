@@ -73,16 +73,14 @@ def train(corpus, config_path, overrides, out, force, quiet):
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax):
     """Generate text from a checkpoint, streaming it to stdout."""
-    from .sample import check_sampling_args, generate
+    from .sample import generate
 
     ckpt = checkpoint.load(ckpt_path)
-    check_sampling_args(ckpt.vocab, length, temperature, top_k)
-    ckpt.vocab.encode(prime)  # refuse unknown characters before printing anything
-    rng = np.random.default_rng(seed)
+    steps = generate(ckpt.params, ckpt.vocab, length, prime=prime, temperature=temperature,
+                     top_k=top_k, argmax=argmax, rng=np.random.default_rng(seed))
     out = sys.stdout
     out.write(prime)
-    for chars in generate(ckpt.params, ckpt.vocab, length, prime=prime, temperature=temperature,
-                          top_k=top_k, argmax=argmax, rng=rng):
+    for chars in steps:
         out.write(chars)
         out.flush()
     out.write("\n")
@@ -117,7 +115,7 @@ def main(argv=None) -> int:
         cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:
         click.echo(f"error: {exc}", err=True)
-        return getattr(exc, "exit_code", 1)
+        return exc.exit_code
     except click.ClickException as exc:
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
             click.echo(exc.format_message())  # bare `charlstm`: show the help

@@ -8,3 +8,5 @@ Every other exception is a bug and stays loud.
 
 class CharlstmError(Exception):
     """A user-facing failure: the message says what is wrong and what to do."""
+
+    exit_code = 1

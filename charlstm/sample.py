@@ -43,9 +43,12 @@ def check_sampling_args(vocab: Vocab, length: int, temperature: float, top_k: in
 def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
              temperature: float = 1.0, top_k: int | None = None, argmax: bool = False,
              rng: np.random.Generator | None = None, num_samples: int = 1) -> Iterator[str]:
-    """Yield `length` steps of text; each step is a string of `num_samples` characters,
-    one per independent sample. The model first reads `prime` (without a prime it
-    starts as if after a newline, or after the vocabulary's first character)."""
+    """Iterate over `length` steps of text; each step is a string of `num_samples`
+    characters, one per independent sample. The model first reads `prime` (without a
+    prime it starts as if after a newline, or after the vocabulary's first character).
+
+    Arguments are checked and the prime is read when this is called, not on the first
+    step, so a bad argument fails before any text is produced."""
     check_sampling_args(vocab, length, temperature, top_k)
     if not prime:
         prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
@@ -54,7 +57,10 @@ def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
     inputs = np.repeat(prime_ids[:, None], num_samples, axis=1)  # (T, N)
     if len(prime_ids) > 1:  # read all but the last prime character in one window
         _, state, _, _ = run_layers(params, inputs[:-1], state)
-    current = inputs[-1:]
+    return _sample_steps(params, vocab, state, inputs[-1:], length, temperature, top_k, argmax, rng)
+
+
+def _sample_steps(params, vocab, state, current, length, temperature, top_k, argmax, rng):
     for _ in range(length):
         top, state, _, _ = run_layers(params, current, state)
         logits = top[0] @ params["head.W_y"] + params["head.b_y"]

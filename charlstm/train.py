@@ -16,16 +16,16 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .config import Config, save_config
-from .data import (eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
+from .data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
                    read_corpus, split_train_val)
 from .errors import CharlstmError
 from .model import Params, backward, forward, init_params, zero_state
@@ -119,7 +119,7 @@ class TrainingState:
         carried = zero_state(model_cfg.num_layers, train_cfg.batch_size, model_cfg.hidden_size, dtype)
         return cls(params, optimizer, carried, rngs)
 
-    def to_checkpoint(self, config: Config, vocab, windows_per_epoch: int) -> checkpoint.Checkpoint:
+    def to_checkpoint(self, config: Config, vocab: Vocab, windows_per_epoch: int) -> checkpoint.Checkpoint:
         return checkpoint.Checkpoint(
             config, vocab, self.params,
             progress={"step": self.step, "epoch": self.step // windows_per_epoch,

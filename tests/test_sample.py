@@ -79,3 +79,8 @@ def test_bad_arguments_are_refused(params, kwargs, fragment):
 def test_negative_length_is_refused(params):
     with pytest.raises(CharlstmError, match="--length must be 0 or more"):
         text(params, length=-1)
+
+
+def test_bad_arguments_fail_on_the_call_before_any_step(params):
+    with pytest.raises(CharlstmError, match="'z'"):
+        generate(params, VOCAB, 10, prime="z", rng=np.random.default_rng(0))  # never iterated
