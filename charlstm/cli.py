@@ -1,7 +1,8 @@
 """The `charlstm` command: Click commands that validate input and call the modules.
 
 Every user-facing failure is one line on stderr ("error: ..."), exit status 1 (2 for
-command-line usage errors, 130 for Ctrl-C); only internal bugs show a traceback.
+command-line usage errors, 130 for SIGINT/Ctrl-C, 143 for SIGTERM); only internal bugs
+show a traceback.
 """
 
 from __future__ import annotations
