@@ -312,7 +312,8 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
     if not corpus.exists():
         raise CharlstmError(f"the run's corpus {corpus} no longer exists; pass the same text: "
                             f"charlstm train CORPUS --resume {run_dir}")
-    if file_sha256(corpus) != run_info.get("corpus_sha256"):
+    recorded = run_info.get("corpus_sha256")  # absent in runs made before resume existed
+    if recorded and file_sha256(corpus) != recorded:
         raise CharlstmError(f"{corpus} is not the text {run_dir} was trained on (its sha256 differs); "
                             "resume with the original file, or start a new run")
     data = load_corpus(corpus, config)
