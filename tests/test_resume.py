@@ -225,10 +225,15 @@ def test_sigkill_at_random_moments_never_loses_the_run(tiny_corpus, tmp_path):
         assert kills < 40, f"only {kills_mid_write} of {kills} kills landed inside a write"
         process = subprocess.Popen(start if kills == 0 else again,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # Wait until training is under way (a new checkpoint), then kill at a random instant.
+        # Wait until training is under way (a new checkpoint), then kill: every other time
+        # at a random instant, otherwise as soon as a checkpoint write is seen under way
+        # (that one may still finish before the kill lands; the left-over file tells).
         seen = last.stat().st_mtime_ns if last.exists() else None
         wait_for(lambda seen=seen: last.exists() and last.stat().st_mtime_ns != seen, process)
-        time.sleep(rng.uniform(0, 0.01))
+        if kills % 2:
+            wait_for(lambda: any(name.startswith(".last") for name in os.listdir(run_dir)), process)
+        else:
+            time.sleep(rng.uniform(0, 0.01))
         assert process.poll() is None, "the run finished before the kill; make it longer"
         process.kill()
         process.wait()
