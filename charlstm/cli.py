@@ -109,6 +109,40 @@ def evaluate_command(ckpt_path, file, as_json):
                    f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")
 
 
+@cli.command("export")
+@click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint file.")
+@click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras"]),
+              help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: .npz of LSTM + Dense weights.")
+@click.argument("out", type=click.Path(path_type=Path))
+def export_command(ckpt_path, fmt, out):
+    """Write a checkpoint's weights for PyTorch or Keras to OUT, and its vocabulary
+    to OUT's name with .vocab.json (see README, Interoperability)."""
+    from .exchange import export_checkpoint
+
+    for path in export_checkpoint(ckpt_path, fmt, out):
+        click.echo(f"wrote {path}")
+
+
+@cli.command("import")
+@click.option("--from", "fmt", required=True, type=click.Choice(["torch", "keras"]),
+              help="torch: safetensors state dict (lstm.*, head.*); keras: .npz as `export --to keras` writes.")
+@click.argument("weights", type=click.Path(path_type=Path))
+@click.option("--vocab", "vocab_path", required=True, type=click.Path(path_type=Path),
+              help='JSON vocabulary: {"chars": "..."} or a list of characters, in id order.')
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Training settings for the checkpoint; the model size comes from the weights.")
+def import_command(fmt, weights, vocab_path, out, config_path):
+    """Make a charlstm checkpoint from PyTorch or Keras WEIGHTS and a vocabulary."""
+    from .exchange import import_weights
+
+    ckpt = import_weights(weights, fmt, vocab_path, out, config_path)
+    model = ckpt.config.model
+    click.echo(f"wrote {out}: {model.num_layers}x{model.hidden_size} LSTM, vocabulary {ckpt.vocab.size}, "
+               f"{ckpt.params.flat.size:,} parameters")
+
+
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
     try:

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from charlstm.errors import CharlstmError
-from charlstm.interop import from_keras_weights, keras_names, to_keras_weights, to_tf1_lstm_cell
+from charlstm.interop import (
+    from_keras_weights,
+    keras_names,
+    to_keras_weights,
+    to_tf1_lstm_cell,
+)
 from charlstm.model import init_params, run_layers
 
 VOCAB, HIDDEN, LAYERS, STEPS, BATCH = 9, 5, 2, 6, 3
