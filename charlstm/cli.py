@@ -143,6 +143,16 @@ def import_command(fmt, weights, vocab_path, out, config_path):
                f"{ckpt.params.flat.size:,} parameters")
 
 
+@cli.command()
+@click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint file.")
+def info(ckpt_path):
+    """Config, vocabulary, parameters, per-gate norms and progress of a checkpoint."""
+    from .info import describe
+
+    click.echo(describe(checkpoint.load(ckpt_path), str(ckpt_path)))
+
+
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
     try:
