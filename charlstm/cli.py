@@ -153,6 +153,18 @@ def info(ckpt_path):
     click.echo(describe(checkpoint.load(ckpt_path), str(ckpt_path)))
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", default=Path("curves.png"), show_default=True, type=click.Path(path_type=Path),
+              help="Image file (.png, .svg, .pdf).")
+def plot(run_dirs, out):
+    """Training and validation loss (bits/char) of RUN_DIRS against step and wall time."""
+    from .plot import plot_runs
+
+    plot_runs(list(run_dirs), out)
+    click.echo(f"wrote {out}")
+
+
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
     try:
