@@ -165,6 +165,20 @@ def plot(run_dirs, out):
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs trained at once; each gets cores/jobs BLAS threads.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Sweep directory, instead of the file's `out` [default: runs/<file stem>].")
+def sweep(sweep_file, jobs, out):
+    """Train every configuration of SWEEP_FILE (see configs/sweep_example.yaml), skip
+    finished runs, resume unfinished ones, then print and save the table."""
+    from .sweep import run_sweep
+
+    run_sweep(sweep_file, jobs, say=click.echo, out=out)
+
+
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
     try:

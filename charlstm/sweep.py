@@ -1,0 +1,372 @@
+"""Experiments from one YAML file: a grid or list of config overrides, each trained in
+its own run directory by a `charlstm train` subprocess, then one table.
+
+Sweep file (relative paths are relative to the sweep file's own directory):
+
+    base: small.yaml                 # config every run starts from (optional)
+    corpus: ../data/corpus.txt       # the text every run trains on
+    out: ../runs/my-sweep            # where run directories go [default: runs/<file stem>;
+                                     # `--out` overrides both]
+    set: {train.max_steps: 400}      # overrides shared by every run (optional)
+    grid:                            # every combination of these values ...
+      model.hidden_size: [128, 256]
+      train.lr: [0.002, 0.005]
+    runs:                            # ... followed by these runs, one override mapping each
+      - {model.num_layers: 2}
+
+A run directory is named after the run's own overrides, e.g. `hidden_size=128,lr=0.002`,
+so a rerun finds it again: finished runs (run.json status "finished") are skipped,
+started ones are resumed with `charlstm train --resume`, the rest start fresh.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import atomic_write
+from .config import Config, config_to_dict, load_config
+from .errors import CharlstmError
+
+SWEEP_KEYS = ("base", "corpus", "out", "set", "grid", "runs")
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+MAX_NAME_CHARS = 100
+
+
+@dataclass(frozen=True)
+class Sweep:
+    source: Path
+    base: Path | None
+    corpus: Path
+    out: Path
+    shared: dict      # overrides every run gets
+    runs: list[dict]  # each run's own overrides (grid combinations, then the list)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    overrides: dict   # the run's own overrides
+    sets: list[str]   # every --set KEY=VALUE argument it trains with
+    config: Config
+    run_dir: Path
+
+
+# ---- reading the sweep file ----
+
+def _mapping_of_keys(value, what: str, path: Path) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise CharlstmError(f"{path}: '{what}' must map config keys (e.g. train.lr) to values")
+    return value
+
+
+def _resolve(path_text, key: str, source: Path) -> Path:
+    if not isinstance(path_text, str) or not path_text:
+        raise CharlstmError(f"{source}: '{key}' must be a path")
+    path = Path(path_text).expanduser()
+    return path if path.is_absolute() else source.parent / path
+
+
+def read_sweep(path: Path) -> Sweep:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CharlstmError(f"sweep file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CharlstmError(f"sweep file {path} is a directory; pass a .yaml file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CharlstmError(f"cannot read sweep file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise CharlstmError(f"{path}{where}: YAML syntax error") from None
+    if not isinstance(raw, dict):
+        raise CharlstmError(f"sweep file {path} must be a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    if unknown:
+        raise CharlstmError(f"{path}: unknown sweep key '{unknown[0]}' (known: {', '.join(SWEEP_KEYS)})")
+    if "corpus" not in raw:
+        raise CharlstmError(f"{path}: 'corpus' is missing; name the text file every run trains on")
+
+    grid = _mapping_of_keys(raw.get("grid"), "grid", path)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CharlstmError(f"{path}: grid key '{key}' must have a non-empty list of values")
+    listed = raw.get("runs") or []
+    if not isinstance(listed, list):
+        raise CharlstmError(f"{path}: 'runs' must be a list of override mappings")
+    runs = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    runs += [_mapping_of_keys(run, "runs entries", path) for run in listed]
+    if not runs:
+        raise CharlstmError(f"{path}: no runs; give a 'grid' of values or a list of 'runs'")
+
+    base = _resolve(raw["base"], "base", path) if raw.get("base") is not None else None
+    out = _resolve(raw["out"], "out", path) if raw.get("out") is not None else Path("runs") / path.stem
+    return Sweep(path, base, _resolve(raw["corpus"], "corpus", path), out,
+                 _mapping_of_keys(raw.get("set"), "set", path), runs)
+
+
+# ---- planning: names, overrides, validated configs ----
+
+def format_value(value) -> str:
+    """A value as `--set` reads it back (JSON is YAML)."""
+    return json.dumps(value)
+
+
+def _name_value(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return "+".join(_name_value(v) for v in value)
+    return format_value(value)
+
+
+def run_name(overrides: dict) -> str:
+    """`hidden_size=128,lr=0.002`: each key's last part unless two keys share it.
+    Stable for the same overrides, safe as a directory name."""
+    if not overrides:
+        return "base"
+    short = [key.rpartition(".")[2] for key in overrides]
+    parts = [f"{name if short.count(name) == 1 else key}={_name_value(value)}"
+             for key, name, value in zip(overrides, short, overrides.values())]
+    name = re.sub(r"[^A-Za-z0-9._=+,-]", "-", ",".join(parts))
+    if len(name) > MAX_NAME_CHARS:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[:MAX_NAME_CHARS - 9]}-{digest}"
+    return name
+
+
+def plan(sweep: Sweep) -> list[PlannedRun]:
+    """Every run's name, arguments and config, all validated before anything starts."""
+    planned, seen = [], {}
+    for overrides in sweep.runs:
+        merged = {**sweep.shared, **overrides}
+        sets = [f"{key}={format_value(value)}" for key, value in merged.items()]
+        try:
+            config = load_config(sweep.base, sets)
+        except CharlstmError as exc:
+            raise CharlstmError(f"{sweep.source}: run {run_name(overrides)}: {exc}") from None
+        name = run_name(overrides)
+        if name in seen:
+            raise CharlstmError(f"{sweep.source}: two runs have the same overrides ({name})")
+        seen[name] = True
+        planned.append(PlannedRun(name, overrides, sets, config, sweep.out / name))
+    return planned
+
+
+# ---- running ----
+
+def run_status(run_dir: Path) -> str:
+    """"finished", "started" (a config.yaml is there: resume it) or "new"."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    if isinstance(info, dict) and info.get("status") == "finished":
+        return "finished"
+    return "started" if (run_dir / "config.yaml").is_file() else "new"
+
+
+def check_same_config(run: PlannedRun) -> None:
+    """A run directory from an edited sweep file must not pass for this run."""
+    existing = load_config(run.run_dir / "config.yaml")
+    if config_to_dict(existing) != config_to_dict(run.config):
+        raise CharlstmError(f"{run.run_dir} holds a run with a different config than the sweep "
+                            "file now gives it; move it away or change the sweep's 'out'")
+
+
+def train_command(run: PlannedRun, sweep: Sweep, status: str) -> list[str]:
+    charlstm = [sys.executable, "-m", "charlstm.cli", "train"]
+    if status == "started":
+        return charlstm + ["--resume", str(run.run_dir), "--quiet"]
+    base = ["--config", str(sweep.base)] if sweep.base else []
+    sets = [arg for text in run.sets for arg in ("--set", text)]
+    return charlstm + [str(sweep.corpus), *base, *sets, "--out", str(run.run_dir), "--quiet"]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def blas_env(jobs: int, cores: int | None = None) -> dict[str, str]:
+    """The environment for one of `jobs` concurrent runs: the cores shared out, so
+    N BLAS thread pools do not oversubscribe the machine."""
+    threads = str(max(1, (cores or cpu_count()) // jobs))
+    return {**os.environ, **{name: threads for name in BLAS_THREAD_VARIABLES}}
+
+
+def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[str], None]) -> bool:
+    """Train, resume or skip one run; its output goes to RUN_DIR/train.log. True if it
+    finished."""
+    status = run_status(run.run_dir)
+    if status != "new":
+        check_same_config(run)
+    if status == "finished":
+        say(f"{run.name}: finished earlier, skipped")
+        return True
+    say(f"{run.name}: {'resuming' if status == 'started' else 'starting'}")
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(run.run_dir / "train.log", "a", encoding="utf-8") as log:
+        result = subprocess.run(train_command(run, sweep, status), stdout=log, stderr=subprocess.STDOUT,
+                                env=env, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        say(f"{run.name}: failed (exit {result.returncode}): {last_error(run.run_dir / 'train.log')}")
+        return False
+    say(f"{run.name}: finished in {time.perf_counter() - started:.0f} s")
+    return True
+
+
+def last_error(log_path: Path) -> str:
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = print,
+              out: Path | None = None) -> list[dict]:
+    """Plan, run (`jobs` at once), print and write the table; returns its rows, best
+    first. Raises CharlstmError after the table if any run failed."""
+    if jobs < 1:
+        raise CharlstmError("--jobs must be at least 1")
+    sweep = read_sweep(sweep_path)
+    if out is not None:
+        sweep = dataclasses.replace(sweep, out=Path(out))
+    planned = plan(sweep)
+    if not sweep.corpus.is_file():
+        raise CharlstmError(f"{sweep.source}: corpus {sweep.corpus} does not exist")
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    env = blas_env(jobs)
+    say(f"sweep {sweep.source}: {len(planned)} runs in {sweep.out}, {jobs} at a time "
+        f"({env['OPENBLAS_NUM_THREADS']} BLAS threads each)")
+    lock = threading.Lock()
+
+    def say_locked(text: str) -> None:
+        with lock:
+            say(text)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        finished = list(pool.map(lambda run: execute(run, sweep, env, say_locked), planned))
+    rows = table_rows(planned)
+    write_tables(rows, sweep.out)
+    say(markdown_table(rows))
+    say(f"table written to {sweep.out / 'sweep.csv'} and {sweep.out / 'sweep.md'}")
+    failed = finished.count(False)
+    if failed:
+        raise CharlstmError(f"{failed} of {len(planned)} runs failed; see train.log in their run directories")
+    return rows
+
+
+# ---- the table ----
+
+def median_chars_per_s(run_dir: Path) -> float | None:
+    """Training throughput: the median over metrics.jsonl records (evaluation excluded)."""
+    speeds = []
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            speeds.append(float(json.loads(line)["chars_per_s"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # e.g. a partial last line
+    return statistics.median(speeds) if speeds else None
+
+
+def summarise(run: PlannedRun, keys: list[str]) -> dict:
+    """One table row: the run's value of every override key, then its outcome from
+    run.json and metrics.jsonl."""
+    try:
+        info = json.loads((run.run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    resolved = config_to_dict(run.config)
+    row = {"run": run.name}
+    for key in keys:
+        section, _, name = key.partition(".")
+        row[key] = resolved[section][name]
+    best = info.get("best_val_loss")
+    row.update({
+        "params": info.get("num_params"),
+        "best_val_bpc": best / math.log(2) if isinstance(best, (int, float)) and math.isfinite(best) else None,
+        "wall_time_s": info.get("wall_time_s"),
+        "chars_per_s": median_chars_per_s(run.run_dir),
+        "status": info.get("status", "not started"),
+    })
+    return row
+
+
+def table_rows(planned: list[PlannedRun]) -> list[dict]:
+    """Rows sorted by best validation bits/char, unfinished runs last; a column for
+    every key any run overrides."""
+    keys = list(dict.fromkeys(key for run in planned for key in run.overrides))
+    rows = [summarise(run, keys) for run in planned]
+    return sorted(rows, key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0))
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return ""
+    if column == "best_val_bpc":
+        return f"{value:.4f}"
+    if column == "wall_time_s":
+        return f"{value:.1f}"
+    if column == "chars_per_s":
+        return f"{value:,.0f}"
+    if column == "params":
+        return f"{value:,}"
+    return str(value)
+
+
+HEADINGS = {"params": "params", "best_val_bpc": "best val bits/char", "wall_time_s": "wall time (s)",
+            "chars_per_s": "chars/s"}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    cells = [[HEADINGS.get(c, c) for c in columns]] + [[_cell(c, row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    numeric = [c in HEADINGS for c in columns]
+
+    def line(values):
+        padded = [v.rjust(w) if right else v.ljust(w) for v, w, right in zip(values, widths, numeric)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if right else "-" * (w + 2)
+                          for w, right in zip(widths, numeric)) + "|"
+    return "\n".join([line(cells[0]), rule] + [line(c) for c in cells[1:]])
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    """sweep.csv (raw numbers) and sweep.md (the printed table) in the sweep's out."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    atomic_write(out / "sweep.csv", buffer.getvalue().encode("utf-8"))
+    atomic_write(out / "sweep.md", (markdown_table(rows) + "\n").encode("utf-8"))
