@@ -159,7 +159,7 @@ def run_name(overrides: dict) -> str:
 
 def plan(sweep: Sweep) -> list[PlannedRun]:
     """Every run's name, arguments and config, all validated before anything starts."""
-    planned, seen = [], {}
+    planned, seen = [], set()
     for overrides in sweep.runs:
         merged = {**sweep.shared, **overrides}
         sets = [f"{key}={format_value(value)}" for key, value in merged.items()]
@@ -170,7 +170,7 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
         name = run_name(overrides)
         if name in seen:
             raise CharlstmError(f"{sweep.source}: two runs have the same overrides ({name})")
-        seen[name] = True
+        seen.add(name)
         planned.append(PlannedRun(name, overrides, sets, config, sweep.out / name))
     return planned
 
@@ -223,8 +223,6 @@ def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[s
     """Train, resume or skip one run; its output goes to RUN_DIR/train.log. True if it
     finished."""
     status = run_status(run.run_dir)
-    if status != "new":
-        check_same_config(run)
     if status == "finished":
         say(f"{run.name}: finished earlier, skipped")
         return True
@@ -269,8 +267,18 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
         with lock:
             say(text)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        finished = list(pool.map(lambda run: execute(run, sweep, env, say_locked), planned))
+    for run in planned:
+        if run_status(run.run_dir) != "new":
+            check_same_config(run)
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(execute, run, sweep, env, say_locked) for run in planned]
+        finished = [future.result() for future in futures]
+    finally:
+        # After Ctrl-C, start nothing new; the running children got the signal too and
+        # stop with their checkpoints intact, so a rerun resumes them.
+        pool.shutdown(wait=True, cancel_futures=True)
     rows = table_rows(planned)
     write_tables(rows, sweep.out)
     say(markdown_table(rows))

@@ -3,13 +3,18 @@
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from cli_helpers import one_error_line
 
+from charlstm import checkpoint
 from charlstm.cli import cli, main
 from charlstm.config import save_config
 from charlstm.errors import CharlstmError
@@ -188,3 +193,25 @@ def test_library_refuses_zero_jobs(tmp_path, tiny_corpus):
     from charlstm.sweep import run_sweep
     with pytest.raises(CharlstmError, match="--jobs must be at least 1"):
         run_sweep(write_sweep(tmp_path, tiny_corpus), jobs=0)
+
+
+def test_ctrl_c_stops_the_sweep_and_starts_nothing_new(tmp_path, tiny_corpus):
+    """Ctrl-C reaches the whole foreground process group: the running child stops with
+    its checkpoint intact (a rerun resumes it) and queued runs never start."""
+    long_runs = {**TINY_SHARED, "train.max_steps": 1_000_000, "train.checkpoint_every": 5,
+                 "train.eval_every": 1_000_000}
+    path = write_sweep(tmp_path, tiny_corpus, set=long_runs)
+    process = subprocess.Popen([sys.executable, "-m", "charlstm.cli", "sweep", str(path), "--jobs", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first, second = tmp_path / "sweep-out" / "lr=0.003", tmp_path / "sweep-out" / "lr=0.03"
+    deadline = time.monotonic() + 60
+    while not (first / "last.safetensors").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert "lr=0.003: failed (exit 130): error: interrupted at step" in out
+    assert not second.exists()
+    assert json.loads((first / "run.json").read_text())["status"] == "running"
+    assert checkpoint.load(first / "last.safetensors").progress["step"] % 5 == 0
