@@ -259,6 +259,7 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
         raise CharlstmError(f"{sweep.source}: corpus {sweep.corpus} does not exist")
     sweep.out.mkdir(parents=True, exist_ok=True)
     env = blas_env(jobs)
+    started = time.perf_counter()
     say(f"sweep {sweep.source}: {len(planned)} runs in {sweep.out}, {jobs} at a time "
         f"({env['OPENBLAS_NUM_THREADS']} BLAS threads each)")
     lock = threading.Lock()
@@ -282,7 +283,8 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
     rows = table_rows(planned)
     write_tables(rows, sweep.out)
     say(markdown_table(rows))
-    say(f"table written to {sweep.out / 'sweep.csv'} and {sweep.out / 'sweep.md'}")
+    say(f"sweep took {time.perf_counter() - started:.0f} s; table written to {sweep.out / 'sweep.csv'} "
+        f"and {sweep.out / 'sweep.md'}")
     failed = finished.count(False)
     if failed:
         raise CharlstmError(f"{failed} of {len(planned)} runs failed; see train.log in their run directories")
