@@ -111,6 +111,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     data = path.read_bytes()
     not_ours = CharlstmError(f"{path} is not a charlstm checkpoint")
     corrupt = CharlstmError(f"checkpoint {path} is truncated or corrupt; use another checkpoint (e.g. best/last)")
+    if data.startswith(b"PK\x03\x04"):  # never handed to np.load: .npz may hold pickles
+        raise CharlstmError(f"{path} is a zip or .npz archive, not a charlstm checkpoint "
+                            f"({EXTENSION}); it was not opened")
     if len(data) < 8:
         raise corrupt if data else not_ours
     header_len = int.from_bytes(data[:8], "little")

@@ -1,7 +1,8 @@
 """The `charlstm` command: Click commands that validate input and call the modules.
 
 Every user-facing failure is one line on stderr ("error: ..."), exit status 1 (2 for
-command-line usage errors, 130 for Ctrl-C); only internal bugs show a traceback.
+command-line usage errors, 130 for SIGINT/Ctrl-C, 143 for SIGTERM); only internal bugs
+show a traceback.
 """
 
 from __future__ import annotations
@@ -46,16 +47,26 @@ def cli():
               help="Override one config key, e.g. --set train.lr=0.001 (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run directory [default: runs/<corpus>-<time>].")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), metavar="RUN_DIR",
+              help="Continue RUN_DIR from its last checkpoint with its own config "
+                   "(--set may raise train.max_steps).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(corpus, config_path, overrides, out, force, quiet):
-    """Train on CORPUS (a text file; default: the bundled corpus)."""
-    from .train import train as run_training
+def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
+    """Train on CORPUS (a text file; default: the bundled corpus), or resume a run."""
+    from .train import resume, train as run_training
 
-    config = load_config(config_path, list(overrides))
-    corpus = corpus or bundled_corpus()
-    out = out or Path("runs") / f"{Path(corpus).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = run_training(config, Path(corpus), out, force=force, show_progress=not quiet)
+    if resume_dir is not None:
+        clashes = [flag for flag, given in (("--config", config_path), ("--out", out), ("--force", force)) if given]
+        if clashes:
+            raise CharlstmError(f"--resume uses the run's own config and directory; drop {', '.join(clashes)}")
+        out = resume_dir
+        result = resume(resume_dir, list(overrides), corpus, show_progress=not quiet)
+    else:
+        config = load_config(config_path, list(overrides))
+        corpus = corpus or bundled_corpus()
+        out = out or Path("runs") / f"{Path(corpus).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        result = run_training(config, Path(corpus), out, force=force, show_progress=not quiet)
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
     click.echo(f"sample: charlstm sample --ckpt {out / ('best' + checkpoint.EXTENSION)}")
@@ -184,8 +195,13 @@ def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:
-        click.echo(f"error: {exc}", err=True)
+        one_line = str(exc).replace("\n", "\\n")  # e.g. a file name holding a newline
+        click.echo(f"error: {one_line}", err=True)
         return exc.exit_code
+    except MemoryError:
+        click.echo("error: out of memory; lower train.batch_size, train.seq_len or model.hidden_size",
+                   err=True)
+        return 1
     except click.ClickException as exc:
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
             click.echo(exc.format_message())  # bare `charlstm`: show the help

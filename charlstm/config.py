@@ -128,6 +128,8 @@ def _coerce(key: str, type_name: str, value: Any) -> Any:
     if type_name == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong("an integer")
+        if not -2**63 <= value < 2**63:  # what NumPy can index with
+            raise wrong("an integer that fits in 64 bits")
         return value
     if type_name == "float":
         if isinstance(value, bool):
@@ -138,9 +140,15 @@ def _coerce(key: str, type_name: str, value: Any) -> Any:
                 value = float(value)
             except ValueError:
                 raise wrong("a number") from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not isinstance(value, (int, float)):
             raise wrong("a finite number")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise wrong("a finite number") from None
+        if not math.isfinite(value):
+            raise wrong("a finite number")
+        return value
     if type_name == "str":
         if not isinstance(value, str):
             raise wrong("a string")
@@ -176,7 +184,7 @@ def _closest_key(key: str) -> str | None:
 def _unknown_key(key: str) -> ConfigError:
     close = _closest_key(key)
     hint = f" (did you mean '{close}'?)" if close else f"; known keys: {', '.join(all_keys())}"
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    return ConfigError(f"unknown config key {key!r}{hint}")
 
 
 def config_from_dict(raw: Any, source: str = "config") -> Config:
@@ -246,7 +254,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(value)
     except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: cannot read value {value!r}") from None
+        raise ConfigError(f"--set {key!r}: cannot read value {value!r}") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -271,5 +279,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return config_from_dict(apply_overrides(config_to_dict(config), list(overrides)), source)
 
 
+def config_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    path.write_text(config_yaml(config), encoding="utf-8")

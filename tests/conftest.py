@@ -8,15 +8,18 @@ import pytest
 from charlstm.config import load_config
 
 
-
-@pytest.fixture
-def tiny_corpus(tmp_path) -> Path:
+def write_tiny_corpus(directory: Path) -> Path:
     """A few KB of repetitive text a tiny model learns in a few dozen steps."""
     lines = [f"the {a} {b} sat on the {c}.\n"
              for a in ("red", "big", "old") for b in ("cat", "dog", "hen") for c in ("mat", "log", "rug")]
-    path = tmp_path / "tiny.txt"
+    path = directory / "tiny.txt"
     path.write_text("".join(lines) * 12, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    return write_tiny_corpus(tmp_path)
 
 
 def tiny_config(**overrides):

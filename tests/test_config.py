@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from charlstm.config import (Config, ConfigError, all_keys, config_from_dict, config_to_dict,
                              load_config, save_config)
@@ -47,6 +49,8 @@ def test_overrides_are_typed_and_win_over_the_file(tmp_path):
     ("model.dropout=1.0", "'model.dropout' must be in [0.0, 1.0)"),
     ("train.lr=0", "'train.lr' must be greater than 0"),
     ("train.lr=nan", "'train.lr' must be a finite number"),
+    ("train.lr=1" + "0" * 400, "'train.lr' must be a finite number"),
+    ("train.seq_len=1" + "0" * 400, "'train.seq_len' must be an integer that fits in 64 bits"),
     ("train.lr_schedule=linear", "one of constant, cosine, exponential"),
     ("data.encoding=klingon", "'data.encoding' must be a text encoding"),
     ("train.betas=[0.9]", "'train.betas' must be a list of two numbers"),
@@ -96,3 +100,46 @@ def test_saved_config_round_trips(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().train.lr = 1.0
+
+
+# ---- property: any input either loads or is refused with one line, never a traceback ----
+
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.sampled_from([10**400, -10**400, 2**64]),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.sampled_from(["1e-3", "cosine", "float64", "utf-8", ".inf", "0x10", "[0.9, 0.99]"]))
+yaml_values = st.recursive(yaml_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
+known_names = st.sampled_from([key.partition(".")[2] for key in all_keys()])
+sections = st.dictionaries(known_names | st.text(max_size=10), yaml_values, max_size=5)
+config_dicts = st.dictionaries(st.sampled_from(["model", "train", "data"]) | st.text(max_size=6),
+                               sections | yaml_values, max_size=3) | yaml_values
+
+
+def assert_loads_or_one_line(load):
+    try:
+        assert isinstance(load(), Config)
+    except ConfigError as exc:
+        message = str(exc)
+        assert message and "\n" not in message and "Traceback" not in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(config_dicts)
+def test_any_config_dict_loads_or_is_refused_in_one_line(raw):
+    assert_loads_or_one_line(lambda: config_from_dict(raw))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=200) | config_dicts.map(lambda raw: yaml.safe_dump(raw, allow_unicode=True)))
+def test_any_yaml_file_loads_or_is_refused_in_one_line(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert_loads_or_one_line(lambda: load_config(path))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=30) | st.builds(lambda k, v: f"{k}={v}", st.sampled_from(all_keys()),
+                                                  st.text(max_size=12)), max_size=3))
+def test_any_set_override_loads_or_is_refused_in_one_line(overrides):
+    assert_loads_or_one_line(lambda: load_config(None, overrides))

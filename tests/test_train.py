@@ -75,6 +75,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_corpus, tmp_pa
         run(tiny_corpus, tmp_path)
     last = checkpoint.load(tmp_path / "run" / "last.safetensors")
     assert last.progress["step"] == 10 and np.isfinite(last.params.flat).all()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "diverged"
 
 
 def test_an_existing_run_is_not_overwritten_without_force(tiny_corpus, tmp_path):

@@ -1,0 +1,162 @@
+"""Every bad input a user can hand the command line: a non-zero exit, exactly one
+`error:` line on stderr naming the problem (no traceback), and every file that was
+there before, the good run included, byte for byte unchanged."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from charlstm.cli import main
+from conftest import write_tiny_corpus
+
+TINY = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4", "--set", "train.seq_len=12",
+        "--set", "train.max_steps=10", "--set", "train.eval_every=5", "--set", "train.sample_length=0",
+        "--quiet"]
+GOOD_CKPT = "good/last.safetensors"
+
+
+class WritesAFileWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def write_dir(path: str) -> str:
+    Path(path).mkdir()
+    return path
+
+
+def write(path: str, data: str | bytes) -> str:
+    (Path(path).write_bytes if isinstance(data, bytes) else Path(path).write_text)(data)
+    return path
+
+
+def flipped_byte(path: str) -> str:
+    data = bytearray(Path(GOOD_CKPT).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    return write(path, bytes(data))
+
+
+def newer_format(path: str) -> str:
+    raw = Path(GOOD_CKPT).read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    metadata = {**header["__metadata__"], "format_version": "99"}
+    return write(path, safetensors.numpy.save(safetensors.numpy.load(raw), metadata=metadata))
+
+
+def npz_with_object_arrays(path: str) -> str:
+    np.savez(path, weights=np.array([WritesAFileWhenUnpickled(Path("unpickled"))], dtype=object))
+    return path
+
+
+def run_with_corrupt_last(run_dir: str) -> str:
+    shutil.copytree("good", run_dir)
+    flipped_byte(f"{run_dir}/last.safetensors")
+    return run_dir
+
+
+def sample(ckpt: str, *args: str) -> list[str]:
+    return ["sample", "--ckpt", ckpt, "--length", "5", *args]
+
+
+def train(corpus: str, *args: str) -> list[str]:
+    return ["train", corpus, "--out", "new-run", *args]
+
+
+# (case, arguments given the workspace, words the error line must contain)
+CASES = {
+    # corpus
+    "corpus missing": (lambda: train("missing.txt"), "missing.txt does not exist"),
+    "corpus is a directory": (lambda: train(str(Path("good").resolve())), "is a directory; pass a text file"),
+    "corpus empty": (lambda: train(write("empty.txt", ""), *TINY), "corpus empty.txt is empty"),
+    "corpus undecodable": (lambda: train(write("bad.txt", b"caf\xc3\xa9 ok \xff then more"), *TINY),
+                           "bad.txt: byte 9 is not valid utf-8"),
+    "corpus one character": (lambda: train(write("aaa.txt", "a" * 5000), *TINY), "only one distinct character"),
+    "corpus too short": (lambda: train(write("short.txt", "abcdefghij" * 5)),
+                         "has 50 characters; batch_size=32 and seq_len=64 need at least 2311"),
+    # config
+    "yaml syntax error": (lambda: train("tiny.txt", "--config", write("c.yaml", "train:\n  lr: 0.1\n  betas: [0.9\n")),
+                          "c.yaml line 4: YAML syntax error"),
+    "unknown key in --set": (lambda: train("tiny.txt", "--set", "train.learning_rate=1"), "did you mean 'train.lr'"),
+    "unknown key in file": (lambda: train("tiny.txt", "--config", write("k.yaml", "model:\n  hiden_size: 8\n")),
+                            "unknown config key 'model.hiden_size' (did you mean 'model.hidden_size'?)"),
+    "wrong type": (lambda: train("tiny.txt", "--set", "train.batch_size=abc"),
+                   "'train.batch_size' must be an integer, got 'abc'"),
+    "zero size": (lambda: train("tiny.txt", "--set", "model.hidden_size=0"), "'model.hidden_size' must be at least 1"),
+    "negative size": (lambda: train("tiny.txt", "--set", "train.seq_len=-5"), "'train.seq_len' must be at least 1"),
+    "dropout 1": (lambda: train("tiny.txt", "--set", "model.dropout=1"), "'model.dropout' must be in [0.0, 1.0)"),
+    "dropout negative": (lambda: train("tiny.txt", "--set", "model.dropout=-0.1"), "'model.dropout' must be in"),
+    "lr zero": (lambda: train("tiny.txt", "--set", "train.lr=0"), "'train.lr' must be greater than 0"),
+    "lr negative": (lambda: train("tiny.txt", "--set", "train.lr=-0.01"), "'train.lr' must be greater than 0"),
+    "malformed --set": (lambda: train("tiny.txt", "--set", "nonsense"), "--set expects section.key=value"),
+    "--set without value": (lambda: train("tiny.txt", "--set", "train.lr="), "--set expects section.key=value"),
+    "config missing": (lambda: train("tiny.txt", "--config", "nope.yaml"), "config file nope.yaml does not exist"),
+    # checkpoint
+    "checkpoint missing": (lambda: sample("nope.safetensors"), "checkpoint nope.safetensors does not exist"),
+    "checkpoint truncated": (lambda: sample(write("cut.safetensors", Path(GOOD_CKPT).read_bytes()[:3000])),
+                             "is truncated or corrupt"),
+    "checkpoint byte flipped": (lambda: sample(flipped_byte("flip.safetensors")), "is truncated or corrupt"),
+    "not a checkpoint": (lambda: sample(write("notes.safetensors", "just some text, long enough to look")),
+                         "notes.safetensors is not a charlstm checkpoint"),
+    "newer format": (lambda: sample(newer_format("new.safetensors")), "format version 99, newer than"),
+    "npz with object arrays": (lambda: sample(npz_with_object_arrays("pickles.npz")),
+                               "pickles.npz is a zip or .npz archive, not a charlstm checkpoint"),
+    "resume from a corrupt checkpoint": (lambda: ["train", "--resume", run_with_corrupt_last("copy")],
+                                         "checkpoint copy/last.safetensors is truncated or corrupt"),
+    "resume of a directory that is no run": (lambda: ["train", "--resume", write_dir("plain")],
+                                             "--resume plain: not a charlstm run directory"),
+    # run directory
+    "--out is an existing run": (lambda: ["train", "tiny.txt", "--out", "good", *TINY],
+                                 "good already holds a run (config.yaml); choose another --out or pass --force"),
+    "--resume of no run": (lambda: ["train", "--resume", "nowhere"], "--resume nowhere: no such run directory"),
+    # sampling
+    "negative length": (lambda: sample(GOOD_CKPT, "--length", "-5"), "--length must be 0 or more, got -5"),
+    "temperature zero": (lambda: sample(GOOD_CKPT, "--temperature", "0"), "use --argmax"),
+    "temperature negative": (lambda: sample(GOOD_CKPT, "--temperature", "-1"), "use --argmax"),
+    "top-k zero": (lambda: sample(GOOD_CKPT, "--top-k", "0"), "--top-k must be between 1 and the vocabulary size 19"),
+    "top-k above vocabulary": (lambda: sample(GOOD_CKPT, "--top-k", "20"), "--top-k must be between 1 and"),
+    "prime outside vocabulary": (lambda: sample(GOOD_CKPT, "--prime", "the Zebra, quoth X"),
+                                 "characters not in the model's vocabulary: ',' 'X' 'Z' 'q'"),
+    # command line
+    "unknown option": (lambda: ["train", "--bogus-flag"], "No such option '--bogus-flag'"),
+    "missing --ckpt": (lambda: ["sample"], "Missing option '--ckpt'"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    """A corpus and a finished run that failing commands must leave alone (made once)."""
+    root = tmp_path_factory.mktemp("good")
+    corpus = write_tiny_corpus(root)
+    assert main(["train", str(corpus), "--out", str(root / "good"), *TINY]) == 0
+    return root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_fails_in_one_line_and_overwrites_nothing(case, good_run, tmp_path, monkeypatch, capsys):
+    workspace = tmp_path / "ws"
+    shutil.copytree(good_run, workspace)
+    monkeypatch.chdir(workspace)
+    make_args, fragment = CASES[case]
+    args = make_args()
+    before = snapshot(workspace)
+    capsys.readouterr()
+
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+    assert snapshot(workspace) == before
+    assert not (workspace / "unpickled").exists()
