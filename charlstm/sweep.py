@@ -15,7 +15,7 @@ Sweep file (relative paths are relative to the sweep file's own directory):
       - {model.num_layers: 2}
 
 A run directory is named after the run's own overrides, e.g. `hidden_size=128,lr=0.002`,
-so a rerun finds it again: finished runs (run.json status "finished") are skipped,
+so a rerun finds it again: finished and diverged runs (run.json status) are skipped,
 started ones are resumed with `charlstm train --resume`, the rest start fresh.
 """
 
@@ -177,14 +177,20 @@ def plan(sweep: Sweep) -> list[PlannedRun]:
 
 # ---- running ----
 
+# A diverged run is a result (that learning rate is too high), and resuming it would
+# only diverge again; like a finished one it is reported, not rerun.
+DONE_STATUSES = ("finished", "diverged")
+
+
 def run_status(run_dir: Path) -> str:
-    """"finished", "started" (a config.yaml is there: resume it) or "new"."""
+    """run.json's "finished" or "diverged"; else "started" (a config.yaml is there:
+    resume it) or "new"."""
     try:
         info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = {}
-    if isinstance(info, dict) and info.get("status") == "finished":
-        return "finished"
+    if isinstance(info, dict) and info.get("status") in DONE_STATUSES:
+        return info["status"]
     return "started" if (run_dir / "config.yaml").is_file() else "new"
 
 
@@ -221,10 +227,10 @@ def blas_env(jobs: int, cores: int | None = None) -> dict[str, str]:
 
 def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[str], None]) -> bool:
     """Train, resume or skip one run; its output goes to RUN_DIR/train.log. True if it
-    finished."""
+    finished or diverged, False if it failed or was stopped."""
     status = run_status(run.run_dir)
-    if status == "finished":
-        say(f"{run.name}: finished earlier, skipped")
+    if status in DONE_STATUSES:
+        say(f"{run.name}: {status} earlier, skipped")
         return True
     say(f"{run.name}: {'resuming' if status == 'started' else 'starting'}")
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +239,9 @@ def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[s
         result = subprocess.run(train_command(run, sweep, status), stdout=log, stderr=subprocess.STDOUT,
                                 env=env, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        say(f"{run.name}: failed (exit {result.returncode}): {last_error(run.run_dir / 'train.log')}")
-        return False
+        outcome = "diverged" if run_status(run.run_dir) == "diverged" else f"failed (exit {result.returncode})"
+        say(f"{run.name}: {outcome}: {last_error(run.run_dir / 'train.log')}")
+        return outcome == "diverged"
     say(f"{run.name}: finished in {time.perf_counter() - started:.0f} s")
     return True
 
