@@ -141,17 +141,31 @@ def export_command(ckpt_path, fmt, out):
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--vocab", "vocab_path", required=True, type=click.Path(path_type=Path),
               help='JSON vocabulary: {"chars": "..."} or a list of characters, in id order.')
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
+@click.option("--out", type=click.Path(path_type=Path), help="Checkpoint file to write.")
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="Instead of --out: a run directory at step 0 on --corpus, for `train --resume`.")
+@click.option("--corpus", type=click.Path(path_type=Path), help="The text to fine-tune on (with --run-dir).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Training settings for the checkpoint; the model size comes from the weights.")
-def import_command(fmt, weights, vocab_path, out, config_path):
-    """Make a charlstm checkpoint from PyTorch or Keras WEIGHTS and a vocabulary."""
-    from .exchange import import_weights
+def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path):
+    """Make a charlstm checkpoint, or a run to fine-tune, from PyTorch or Keras WEIGHTS
+    and a vocabulary."""
+    from .exchange import import_as_run, import_weights
 
-    ckpt = import_weights(weights, fmt, vocab_path, out, config_path)
+    if (out is None) == (run_dir is None):
+        raise CharlstmError("pass either --out CKPT (a checkpoint) "
+                            "or --run-dir DIR --corpus FILE (a run to fine-tune)")
+    if (run_dir is None) != (corpus is None):
+        raise CharlstmError("--run-dir and --corpus go together")
+    if out is not None:
+        ckpt = import_weights(weights, fmt, vocab_path, out, config_path)
+    else:
+        ckpt = import_as_run(weights, fmt, vocab_path, run_dir, corpus, config_path)
     model = ckpt.config.model
-    click.echo(f"wrote {out}: {model.num_layers}x{model.hidden_size} LSTM, vocabulary {ckpt.vocab.size}, "
-               f"{ckpt.params.flat.size:,} parameters")
+    click.echo(f"wrote {out or run_dir}: {model.num_layers}x{model.hidden_size} LSTM, vocabulary "
+               f"{ckpt.vocab.size}, {ckpt.params.flat.size:,} parameters")
+    if run_dir is not None:
+        click.echo(f"fine-tune: charlstm train --resume {run_dir}")
 
 
 @cli.command()

@@ -12,7 +12,9 @@ Files written (layouts and names in interop.py):
 A vocabulary file for `import` is that JSON object, or a JSON list of one-character
 strings (an `itos` list). `import` writes an ordinary charlstm checkpoint: the model
 section of its config is read from the weights' shapes, Adam's moments are zero and
-the step is 0, so it can be sampled and trained further.
+the step is 0, so it can be sampled. With a corpus it becomes a run directory instead
+(config.yaml, run.json, last.safetensors at step 0) that `charlstm train --resume`
+fine-tunes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import safetensors
 import safetensors.numpy
 
 from . import checkpoint
-from .config import Config, config_from_dict, config_to_dict, load_config
+from .config import Config, config_from_dict, config_to_dict, load_config, save_config
 from .data import Vocab
 from .errors import CharlstmError
 from .interop import (
@@ -37,7 +39,7 @@ from .interop import (
     to_torch_state_dict,
 )
 from .model import Params, zero_state
-from .train import make_rngs
+from .train import file_sha256, load_corpus, make_rngs, prepare_run_dir, write_json
 
 FORMATS = ("torch", "keras")
 EXTENSIONS = {"torch": ".safetensors", "keras": ".npz"}
@@ -115,10 +117,10 @@ def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:
         raise CharlstmError(f"{path} is not a readable {kind} file of float arrays") from None
 
 
-def import_weights(weights_path: Path, fmt: str, vocab_path: Path, out: Path,
-                   config_path: Path | None = None) -> checkpoint.Checkpoint:
-    """Turn a PyTorch state dict or Keras weights file plus a vocabulary into a
-    charlstm checkpoint at `out` (training settings from `config_path`, if given)."""
+def imported_checkpoint(weights_path: Path, fmt: str, vocab_path: Path,
+                        config_path: Path | None = None) -> checkpoint.Checkpoint:
+    """A PyTorch state dict or Keras weights file plus a vocabulary as a step-0
+    checkpoint (training settings from `config_path`, if given)."""
     vocab = read_vocab(vocab_path)
     arrays = read_weights(weights_path, fmt)
     params = from_torch_state_dict(arrays) if fmt == "torch" else from_keras_weights(arrays)
@@ -128,7 +130,7 @@ def import_weights(weights_path: Path, fmt: str, vocab_path: Path, out: Path,
     params = as_training_dtype(params)
     config = config_for(params, load_config(config_path))
     train_cfg = config.train
-    ckpt = checkpoint.Checkpoint(
+    return checkpoint.Checkpoint(
         config, vocab, params,
         progress={"step": 0, "epoch": 0, "window": 0, "best_val_loss": None},
         optimizer_step=0,
@@ -136,10 +138,37 @@ def import_weights(weights_path: Path, fmt: str, vocab_path: Path, out: Path,
         carried_state=zero_state(params.num_layers, train_cfg.batch_size, params.hidden_size,
                                  params.flat.dtype),
         rng_states={name: rng.bit_generator.state for name, rng in make_rngs(train_cfg.seed).items()})
+
+
+def import_weights(weights_path: Path, fmt: str, vocab_path: Path, out: Path,
+                   config_path: Path | None = None) -> checkpoint.Checkpoint:
+    """Write the imported checkpoint to the file `out`."""
+    ckpt = imported_checkpoint(weights_path, fmt, vocab_path, config_path)
     out = Path(out)
     if not out.parent.is_dir():
         raise CharlstmError(f"directory {out.parent} does not exist")
     checkpoint.save(out, ckpt)
+    return ckpt
+
+
+def import_as_run(weights_path: Path, fmt: str, vocab_path: Path, run_dir: Path, corpus: Path,
+                  config_path: Path | None = None) -> checkpoint.Checkpoint:
+    """Make `run_dir` a run at step 0 on `corpus`, so `charlstm train --resume run_dir`
+    fine-tunes the imported weights: config.yaml, run.json and last.safetensors."""
+    ckpt = imported_checkpoint(weights_path, fmt, vocab_path, config_path)
+    data = load_corpus(Path(corpus), ckpt.config)
+    if data.vocab != ckpt.vocab:
+        raise CharlstmError(f"fine-tuning needs {corpus}'s characters, sorted, as the vocabulary; "
+                            f"it has {data.vocab.size} ({data.vocab.chars!r}), {vocab_path} has "
+                            f"{ckpt.vocab.size} ({ckpt.vocab.chars!r})")
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, force=False)
+    save_config(ckpt.config, run_dir / "config.yaml")
+    write_json(run_dir / "run.json", {
+        "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(Path(corpus)),
+        "vocab_size": ckpt.vocab.size, "num_params": int(ckpt.params.flat.size),
+        "imported_from": str(weights_path), "status": "imported"})
+    checkpoint.save(run_dir / ("last" + checkpoint.EXTENSION), ckpt)
     return ckpt
 
 

@@ -199,3 +199,42 @@ def test_bad_inputs_are_one_line(trained_ckpt, tmp_path, capsys):
     for args, fragment in cases:
         assert main(args) != 0, args
         assert fragment in one_error_line(capsys), args
+
+
+def test_import_as_a_run_directory_then_fine_tune_with_resume(trained_ckpt, tmp_path, capsys):
+    weights, vocab = exported_pair(trained_ckpt, tmp_path)
+    corpus = trained_ckpt.parent.parent / "corpus.txt"
+    config = tmp_path / "fine_tune.yaml"
+    config.write_text("train: {batch_size: 4, seq_len: 12, max_steps: 6, eval_every: 3, sample_length: 0}\n",
+                      encoding="utf-8")
+    run_dir = tmp_path / "fine-tune"
+    assert main(["import", "--from", "torch", str(weights), "--vocab", str(vocab), "--run-dir", str(run_dir),
+                 "--corpus", str(corpus), "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"fine-tune: charlstm train --resume {run_dir}"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "last.safetensors", "run.json"]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "imported"
+
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert f"resuming {run_dir} from step 0" in captured.out + captured.err  # the imported weights
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 6
+    tuned = checkpoint.load(run_dir / "last.safetensors")
+    original = checkpoint.load(trained_ckpt)
+    assert tuned.vocab == original.vocab and not np.array_equal(tuned.params.flat, original.params.flat)
+
+
+def test_import_as_a_run_refuses_a_corpus_with_other_characters(trained_ckpt, tmp_path, capsys):
+    weights, vocab = exported_pair(trained_ckpt, tmp_path)
+    other = tmp_path / "other.txt"
+    other.write_text("completely different text with q and z and x! " * 100, encoding="utf-8")
+    capsys.readouterr()
+    run_dir = tmp_path / "ft"
+    assert main(["import", "--from", "torch", str(weights), "--vocab", str(vocab), "--run-dir", str(run_dir),
+                 "--corpus", str(other)]) == 1
+    assert "fine-tuning needs" in one_error_line(capsys)
+    assert not run_dir.exists()
+    for args, fragment in ((["--out", "a", "--run-dir", "b"], "either --out"), ([], "either --out"),
+                           (["--run-dir", "b"], "--run-dir and --corpus go together")):
+        assert main(["import", "--from", "torch", str(weights), "--vocab", str(vocab), *args]) == 1
+        assert fragment in one_error_line(capsys)
