@@ -183,7 +183,8 @@ def info(ckpt_path):
 @click.option("-o", "--out", default=Path("curves.png"), show_default=True, type=click.Path(path_type=Path),
               help="Image file (.png, .svg, .pdf).")
 def plot(run_dirs, out):
-    """Training and validation loss (bits/char) of RUN_DIRS against step and wall time."""
+    """Training and validation loss (bits/char) of RUN_DIRS against step and wall time
+    (a sweep directory stands for all its runs)."""
     from .plot import plot_runs
 
     plot_runs(list(run_dirs), out)

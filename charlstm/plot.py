@@ -98,11 +98,24 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> None:
+def expand_sweeps(paths: list[Path]) -> list[Path]:
+    """Run directories as given, except that a sweep directory (no metrics.jsonl of its
+    own, run directories inside) stands for its runs."""
+    run_dirs = []
+    for path in map(Path, paths):
+        runs = sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+        is_sweep = path.is_dir() and not (path / "metrics.jsonl").exists() and runs
+        run_dirs.extend(runs if is_sweep else [path])
+    return run_dirs
+
+
+def plot_runs(paths: list[Path], out: Path) -> None:
     """Two panels, loss vs step and vs wall time; per run a solid training curve and
-    a dashed validation curve with markers in the same colour."""
-    if not run_dirs:
+    a dashed validation curve with markers in the same colour. `paths` are run
+    directories or sweep directories."""
+    if not paths:
         raise CharlstmError("pass at least one run directory")
+    run_dirs = expand_sweeps(paths)
     all_curves = [curves_from_records(read_records(d), label) for d, label in zip(run_dirs, run_labels(run_dirs))]
     out = Path(out)
     if not out.parent.is_dir():

@@ -10,7 +10,7 @@ from cli_helpers import TINY_RUN, one_error_line
 
 from charlstm.cli import main
 from charlstm.errors import CharlstmError
-from charlstm.plot import curves_from_records, read_records, run_labels
+from charlstm.plot import curves_from_records, expand_sweeps, read_records, run_labels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -69,6 +69,12 @@ def test_plot_renders_a_png_with_both_runs(two_runs, tmp_path, capsys):
     for rgb in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
         distance = np.abs(image[..., :3] - np.array(rgb) / 255.0).max(axis=-1)
         assert (distance < 0.02).sum() > 100, rgb
+
+
+def test_a_sweep_directory_stands_for_its_runs(two_runs, tmp_path):
+    (tmp_path / "sweep.csv").write_text("run\n", encoding="utf-8")
+    assert expand_sweeps([tmp_path]) == sorted(two_runs)
+    assert expand_sweeps([two_runs[0], tmp_path / "x"]) == [two_runs[0], tmp_path / "x"]
 
 
 def test_missing_matplotlib_says_how_to_install_it(two_runs, tmp_path, capsys, monkeypatch):
