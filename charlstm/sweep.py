@@ -84,7 +84,8 @@ def _resolve(path_text, key: str, source: Path) -> Path:
     if not isinstance(path_text, str) or not path_text:
         raise CharlstmError(f"{source}: '{key}' must be a path")
     path = Path(path_text).expanduser()
-    return path if path.is_absolute() else source.parent / path
+    # normpath: configs/../runs/x reads better as runs/x (lexical; sweeps rarely sit behind symlinks)
+    return path if path.is_absolute() else Path(os.path.normpath(source.parent / path))
 
 
 def read_sweep(path: Path) -> Sweep:
@@ -267,8 +268,9 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
     sweep.out.mkdir(parents=True, exist_ok=True)
     env = blas_env(jobs)
     started = time.perf_counter()
+    threads = env["OPENBLAS_NUM_THREADS"]
     say(f"sweep {sweep.source}: {len(planned)} runs in {sweep.out}, {jobs} at a time "
-        f"({env['OPENBLAS_NUM_THREADS']} BLAS threads each)")
+        f"({threads} BLAS thread{'' if threads == '1' else 's'} each)")
     lock = threading.Lock()
 
     def say_locked(text: str) -> None:

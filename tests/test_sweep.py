@@ -44,7 +44,7 @@ def test_grid_then_list_with_stable_names_and_paths_relative_to_the_file(tmp_pat
                     "runs: [{model.num_layers: 3}, {}]\n", encoding="utf-8")
     (tmp_path / "base.yaml").write_text("train: {max_steps: 7}\n", encoding="utf-8")
     sweep = read_sweep(path)
-    assert sweep.base == tmp_path / "sub" / "../base.yaml" and sweep.out == Path("runs/s")
+    assert sweep.base == tmp_path / "base.yaml" and sweep.out == Path("runs/s")
     names = [run.name for run in plan(sweep)]
     assert names == ["hidden_size=8,lr=0.1", "hidden_size=8,lr=0.2", "hidden_size=16,lr=0.1",
                      "hidden_size=16,lr=0.2", "num_layers=3", "base"]
