@@ -120,7 +120,7 @@ def evaluate_command(ckpt_path, file, as_json):
                    f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")
 
 
-@cli.command("export")
+@cli.command("export", short_help="Write a checkpoint's weights for PyTorch or Keras.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
 @click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras"]),
@@ -135,7 +135,7 @@ def export_command(ckpt_path, fmt, out):
         click.echo(f"wrote {path}")
 
 
-@cli.command("import")
+@cli.command("import", short_help="Make a checkpoint or a run from PyTorch/Keras weights.")
 @click.option("--from", "fmt", required=True, type=click.Choice(["torch", "keras"]),
               help="torch: safetensors state dict (lstm.*, head.*); keras: .npz as `export --to keras` writes.")
 @click.argument("weights", type=click.Path(path_type=Path))
@@ -168,7 +168,7 @@ def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path):
         click.echo(f"fine-tune: charlstm train --resume {run_dir}")
 
 
-@cli.command()
+@cli.command(short_help="Show a checkpoint: config, vocabulary, sizes, gate norms.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
 def info(ckpt_path):
@@ -178,7 +178,7 @@ def info(ckpt_path):
     click.echo(describe(checkpoint.load(ckpt_path), str(ckpt_path)))
 
 
-@cli.command()
+@cli.command(short_help="Plot loss curves of runs against step and wall time.")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", default=Path("curves.png"), show_default=True, type=click.Path(path_type=Path),
               help="Image file (.png, .svg, .pdf).")
@@ -191,7 +191,7 @@ def plot(run_dirs, out):
     click.echo(f"wrote {out}")
 
 
-@cli.command()
+@cli.command(short_help="Train a grid of configs and tabulate the results.")
 @click.argument("sweep_file", type=click.Path(path_type=Path))
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Runs trained at once; each gets cores/jobs BLAS threads.")
