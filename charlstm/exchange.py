@@ -110,11 +110,14 @@ def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:
     try:
         if fmt == "torch":
             return safetensors.numpy.load(path.read_bytes())
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array
+            raise ValueError
+        with loaded as archive:
             return {name: archive[name] for name in archive.files}
     except (safetensors.SafetensorError, ValueError, OSError, EOFError, zipfile.BadZipFile):
         kind = "safetensors" if fmt == "torch" else ".npz"
-        raise CharlstmError(f"{path} is not a readable {kind} file of float arrays") from None
+        raise CharlstmError(f"{path} is not a readable {kind} file of named arrays") from None
 
 
 def imported_checkpoint(weights_path: Path, fmt: str, vocab_path: Path,

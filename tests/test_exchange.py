@@ -172,6 +172,8 @@ def test_bad_inputs_are_one_line(trained_ckpt, tmp_path, capsys):
     text.write_text("hello, this is not a checkpoint\n", encoding="utf-8")
     npz_with_objects = tmp_path / "objects.npz"
     np.savez(npz_with_objects, **{"dense/kernel": np.array([{"a": 1}], dtype=object)})
+    single_array = tmp_path / "single.npy"
+    np.save(single_array, np.zeros(3, np.float32))
     wrong_names = tmp_path / "wrong.safetensors"
     wrong_names.write_bytes(safetensors.numpy.save({"rnn.weight": np.zeros((2, 2), np.float32)}))
     capsys.readouterr()
@@ -190,6 +192,8 @@ def test_bad_inputs_are_one_line(trained_ckpt, tmp_path, capsys):
         (["import", "--from", "torch", str(text), "--vocab", str(vocab), "--out", "o"], "not a readable safetensors"),
         (["import", "--from", "keras", str(text), "--vocab", str(vocab), "--out", "o"], "not a readable .npz"),
         (["import", "--from", "keras", str(npz_with_objects), "--vocab", str(vocab), "--out", "o"],
+         "not a readable .npz"),
+        (["import", "--from", "keras", str(single_array), "--vocab", str(vocab), "--out", "o"],
          "not a readable .npz"),
         (["import", "--from", "torch", str(wrong_names), "--vocab", str(vocab), "--out", "o"],
          "state dict lacks head.weight"),
