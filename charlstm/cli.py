@@ -51,22 +51,25 @@ def cli():
               help="Continue RUN_DIR from its last checkpoint with its own config "
                    "(--set may raise train.max_steps).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (there is none unless stderr is a terminal).")
 def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
     """Train on CORPUS (a text file; default: the bundled corpus), or resume a run."""
     from .train import resume, train as run_training
 
+    # A bar redrawn with carriage returns only makes sense on a terminal; piped to a
+    # log file, the evaluation lines are the progress.
+    show_progress = not quiet and sys.stderr.isatty()
     if resume_dir is not None:
         clashes = [flag for flag, given in (("--config", config_path), ("--out", out), ("--force", force)) if given]
         if clashes:
             raise CharlstmError(f"--resume uses the run's own config and directory; drop {', '.join(clashes)}")
         out = resume_dir
-        result = resume(resume_dir, list(overrides), corpus, show_progress=not quiet)
+        result = resume(resume_dir, list(overrides), corpus, show_progress=show_progress)
     else:
         config = load_config(config_path, list(overrides))
         corpus = corpus or bundled_corpus()
         out = out or Path("runs") / f"{Path(corpus).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        result = run_training(config, Path(corpus), out, force=force, show_progress=not quiet)
+        result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
     click.echo(f"sample: charlstm sample --ckpt {out / ('best' + checkpoint.EXTENSION)}")
