@@ -123,6 +123,91 @@ def evaluate_command(ckpt_path, file, as_json):
                    f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")
 
 
+@cli.command("export", short_help="Write a checkpoint's weights for PyTorch or Keras.")
+@click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint file.")
+@click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras"]),
+              help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: .npz of LSTM + Dense weights.")
+@click.argument("out", type=click.Path(path_type=Path))
+def export_command(ckpt_path, fmt, out):
+    """Write a checkpoint's weights for PyTorch or Keras to OUT, and its vocabulary
+    to OUT's name with .vocab.json (see README, Interoperability)."""
+    from .exchange import export_checkpoint
+
+    for path in export_checkpoint(ckpt_path, fmt, out):
+        click.echo(f"wrote {path}")
+
+
+@cli.command("import", short_help="Make a checkpoint or a run from PyTorch/Keras weights.")
+@click.option("--from", "fmt", required=True, type=click.Choice(["torch", "keras"]),
+              help="torch: safetensors state dict (lstm.*, head.*); keras: .npz as `export --to keras` writes.")
+@click.argument("weights", type=click.Path(path_type=Path))
+@click.option("--vocab", "vocab_path", required=True, type=click.Path(path_type=Path),
+              help='JSON vocabulary: {"chars": "..."} or a list of characters, in id order.')
+@click.option("--out", type=click.Path(path_type=Path), help="Checkpoint file to write.")
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="Instead of --out: a run directory at step 0 on --corpus, for `train --resume`.")
+@click.option("--corpus", type=click.Path(path_type=Path), help="The text to fine-tune on (with --run-dir).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Training settings for the checkpoint; the model size comes from the weights.")
+def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path):
+    """Make a charlstm checkpoint, or a run to fine-tune, from PyTorch or Keras WEIGHTS
+    and a vocabulary."""
+    from .exchange import import_as_run, import_weights
+
+    if (out is None) == (run_dir is None):
+        raise CharlstmError("pass either --out CKPT (a checkpoint) "
+                            "or --run-dir DIR --corpus FILE (a run to fine-tune)")
+    if (run_dir is None) != (corpus is None):
+        raise CharlstmError("--run-dir and --corpus go together")
+    if out is not None:
+        ckpt = import_weights(weights, fmt, vocab_path, out, config_path)
+    else:
+        ckpt = import_as_run(weights, fmt, vocab_path, run_dir, corpus, config_path)
+    model = ckpt.config.model
+    click.echo(f"wrote {out or run_dir}: {model.num_layers}x{model.hidden_size} LSTM, vocabulary "
+               f"{ckpt.vocab.size}, {ckpt.params.flat.size:,} parameters")
+    if run_dir is not None:
+        click.echo(f"fine-tune: charlstm train --resume {run_dir}")
+
+
+@cli.command(short_help="Show a checkpoint: config, vocabulary, sizes, gate norms.")
+@click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint file.")
+def info(ckpt_path):
+    """Config, vocabulary, parameters, per-gate norms and progress of a checkpoint."""
+    from .info import describe
+
+    click.echo(describe(checkpoint.load(ckpt_path), str(ckpt_path)))
+
+
+@cli.command(short_help="Plot loss curves of runs against step and wall time.")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", default=Path("curves.png"), show_default=True, type=click.Path(path_type=Path),
+              help="Image file (.png, .svg, .pdf).")
+def plot(run_dirs, out):
+    """Training and validation loss (bits/char) of RUN_DIRS against step and wall time
+    (a sweep directory stands for all its runs)."""
+    from .plot import plot_runs
+
+    plot_runs(list(run_dirs), out)
+    click.echo(f"wrote {out}")
+
+
+@cli.command(short_help="Train a grid of configs and tabulate the results.")
+@click.argument("sweep_file", type=click.Path(path_type=Path))
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs trained at once; each gets cores/jobs BLAS threads.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Sweep directory, instead of the file's `out` [default: runs/<file stem>].")
+def sweep(sweep_file, jobs, out):
+    """Train every configuration of SWEEP_FILE (see configs/sweep_example.yaml), skip
+    finished runs, resume unfinished ones, then print and save the table."""
+    from .sweep import run_sweep
+
+    run_sweep(sweep_file, jobs, say=click.echo, out=out)
+
+
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
     try:

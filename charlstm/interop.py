@@ -1,4 +1,7 @@
-"""Convert parameters to and from a PyTorch state dict (NumPy only, no torch import).
+"""Convert parameters to and from PyTorch, Keras and TensorFlow 1 layouts (NumPy only).
+
+PyTorch
+-------
 
 The PyTorch model is `nn.LSTM(V, H, L)` (batch_first=False) stored under `lstm.` and
 `nn.Linear(H, V)` under `head.`. Both use the gate order i, f, g, o, so the mapping
@@ -12,6 +15,27 @@ is a transpose per matrix (PyTorch stores `y = x @ W.T`, we store `y = x @ W`):
     head.bias            (V,)       = head.b_y
 
 Both use the state order (h, c), each (L, B, H).
+
+Keras
+-----
+A stack of `keras.layers.LSTM(H, return_sequences=True)` layers on one-hot (T, V)
+inputs, then `Dense(V)`. Keras uses our layout and gate order as they are:
+
+    lstm_{k}/kernel            (D_k, 4H)  = lstm.{k}.W_x
+    lstm_{k}/recurrent_kernel  (H, 4H)    = lstm.{k}.W_h
+    lstm_{k}/bias              (4H,)      = lstm.{k}.b
+    dense/kernel               (H, V)     = head.W_y
+    dense/bias                 (V,)       = head.b_y
+
+with Keras's defaults activation="tanh", recurrent_activation="sigmoid",
+use_bias=True (`unit_forget_bias` only affects initialisation). State order (h, c).
+
+TensorFlow 1
+------------
+`tf.nn.rnn_cell.LSTMCell` keeps one kernel (D + H, 4H) acting on [x, h] with the
+gate blocks in the order i, j, f, o (j is our g), and adds `forget_bias` to the
+forget pre-activation at run time, so its stored bias is ours minus forget_bias in
+the f block. Its state order is (c, h).
 """
 
 from __future__ import annotations
@@ -37,12 +61,12 @@ def to_torch_state_dict(params: Params) -> dict[str, np.ndarray]:
     return state_dict
 
 
-def _get(state_dict, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if name not in state_dict:
-        raise CharlstmError(f"state dict lacks {name}")
-    array = np.asarray(state_dict[name])
+def _get(arrays, name: str, shape: tuple[int, ...], what: str = "state dict") -> np.ndarray:
+    if name not in arrays:
+        raise CharlstmError(f"{what} lack{'' if what.endswith('s') else 's'} {name}")
+    array = np.asarray(arrays[name])
     if array.shape != shape:
-        raise CharlstmError(f"state dict entry {name} has shape {array.shape}, expected {shape}")
+        raise CharlstmError(f"{what} entry {name} has shape {array.shape}, expected {shape}")
     return array
 
 
@@ -79,3 +103,66 @@ def from_torch_state_dict(state_dict) -> Params:
     if unexpected:
         raise CharlstmError(f"state dict has entries a plain LSTM + linear head lacks: {', '.join(unexpected)}")
     return params
+
+
+# ---- Keras ----
+
+def keras_names(num_layers: int) -> dict[str, str]:
+    """Our parameter name -> Keras weight name, in `model.get_weights()` order."""
+    names = {}
+    for layer in range(num_layers):
+        names[f"lstm.{layer}.W_x"] = f"lstm_{layer}/kernel"
+        names[f"lstm.{layer}.W_h"] = f"lstm_{layer}/recurrent_kernel"
+        names[f"lstm.{layer}.b"] = f"lstm_{layer}/bias"
+    names["head.W_y"] = "dense/kernel"
+    names["head.b_y"] = "dense/bias"
+    return names
+
+
+def to_keras_weights(params: Params) -> dict[str, np.ndarray]:
+    """Keras's layout is ours: the same arrays under Keras's names."""
+    return {keras: params[ours].copy() for ours, keras in keras_names(params.num_layers).items()}
+
+
+def from_keras_weights(weights) -> Params:
+    """Inverse of `to_keras_weights`; V, H and L are read from the shapes."""
+    if "dense/kernel" not in weights:
+        raise CharlstmError("Keras weights lack dense/kernel")
+    dense_kernel = np.asarray(weights["dense/kernel"])  # (H, V)
+    if dense_kernel.ndim != 2 or not np.issubdtype(dense_kernel.dtype, np.floating):
+        raise CharlstmError(f"Keras weight dense/kernel is {dense_kernel.dtype} {dense_kernel.shape}, "
+                            "expected a float (H, V) matrix")
+    hidden_size, vocab_size = dense_kernel.shape
+    num_layers = 0
+    while f"lstm_{num_layers}/kernel" in weights:
+        num_layers += 1
+    if num_layers == 0:
+        raise CharlstmError("Keras weights lack lstm_0/kernel")
+    params = Params(param_shapes(vocab_size, hidden_size, num_layers), dense_kernel.dtype)
+    names = keras_names(num_layers)
+    for ours, keras in names.items():
+        params[ours][...] = _get(weights, keras, params.shapes[ours], "Keras weights")
+    unexpected = sorted(set(weights) - set(names.values()))
+    if unexpected:
+        raise CharlstmError(f"Keras weights have entries a plain LSTM stack + dense head lacks: "
+                            f"{', '.join(unexpected)}")
+    return params
+
+
+# ---- TensorFlow 1 LSTMCell ----
+
+def _ifgo_to_ijfo(array: np.ndarray, hidden_size: int) -> np.ndarray:
+    """Reorder the last axis's gate blocks from i, f, g, o to TF1's i, j(=g), f, o."""
+    i, f, g, o = (array[..., k * hidden_size:(k + 1) * hidden_size] for k in range(4))
+    return np.concatenate([i, g, f, o], axis=-1)
+
+
+def to_tf1_lstm_cell(W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray,
+                     forget_bias: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel (D + H, 4H), bias (4H,)) of a TF1 LSTMCell computing the same layer,
+    given the `forget_bias` that cell adds at run time."""
+    hidden_size = W_h.shape[0]
+    kernel = _ifgo_to_ijfo(np.concatenate([W_x, W_h], axis=0), hidden_size)
+    bias = _ifgo_to_ijfo(b, hidden_size).copy()
+    bias[2 * hidden_size:3 * hidden_size] -= forget_bias
+    return kernel, bias

@@ -1,0 +1,69 @@
+"""`charlstm info`: what a checkpoint holds, readable."""
+
+import math
+
+import numpy as np
+import pytest
+from cli_helpers import TINY_RUN, one_error_line
+
+from charlstm import checkpoint
+from charlstm.cli import main
+from charlstm.config import load_config
+from charlstm.data import Vocab
+from charlstm.info import describe, gate_norms
+from charlstm.model import init_params
+
+
+def test_gate_norms_split_each_matrix_into_its_four_gate_blocks():
+    hidden, forget_bias = 6, 1.5
+    params = init_params(5, hidden, 2, forget_bias, np.random.default_rng(0))
+    norms = gate_norms(params)
+    assert len(norms) == 2 and list(norms[0]) == ["i", "f", "g", "o"]
+    for layer, per_gate in enumerate(norms):
+        for matrix in ("W_x", "W_h"):
+            whole = np.linalg.norm(params[f"lstm.{layer}.{matrix}"].astype(np.float64))
+            assert math.hypot(*(per_gate[g][matrix] for g in "ifgo")) == pytest.approx(whole, rel=1e-12)
+        # Init puts forget_bias in the f block only.
+        assert per_gate["f"]["b"] == pytest.approx(forget_bias * math.sqrt(hidden))
+        assert per_gate["i"]["b"] == per_gate["g"]["b"] == per_gate["o"]["b"] == 0.0
+    # W_h (H, 4H) has orthonormal rows at init, so its gate blocks' norms add up (in
+    # squares) to H.
+    assert math.hypot(*(norms[1][g]["W_h"] for g in "ifgo")) == pytest.approx(math.sqrt(hidden), rel=1e-5)
+
+
+def test_vocabulary_is_one_line_with_escapes():
+    params = init_params(5, 4, 1, 1.0, np.random.default_rng(0))
+    ckpt = checkpoint.Checkpoint(load_config(None, ["model.hidden_size=4", "model.num_layers=1"]),
+                                 Vocab("\n\t\x00a\u00e9"), params, progress={"step": 0})
+    text = describe(ckpt)
+    lines = text.splitlines()
+    vocab_line = lines[lines.index("vocabulary (5 characters, id order):") + 1]
+    assert vocab_line == "  '\\n\\t\\x00a\u00e9'"
+    assert "best validation loss: none yet" in text
+
+
+def test_info_command_on_a_trained_checkpoint(tiny_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *TINY_RUN]) == 0
+    capsys.readouterr()
+    path = run_dir / "best.safetensors"
+    assert main(["info", "--ckpt", str(path)]) == 0
+    out = capsys.readouterr().out
+    ckpt = checkpoint.load(path)
+    best = ckpt.progress["best_val_loss"]
+    assert out.startswith(f"checkpoint {path}\nconfig:\n  model.hidden_size: 16\n")
+    assert "  train.max_steps: 20\n" in out
+    assert f"  {ckpt.vocab.chars!r}\n" in out
+    assert f"parameters ({ckpt.params.flat.size:,} in total, float32):" in out
+    assert "  lstm.0.W_x  " in out and "16x64" in out  # one-hot input of V=16 characters
+    assert f"  step: {ckpt.progress['step']}\n" in out
+    assert f"best validation loss: {best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" in out
+    f_bias = gate_norms(ckpt.params)[1]["f"]["b"]
+    assert "      1     f" in out and f"{f_bias:>9.4f}" in out
+
+
+def test_info_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
+    assert main(["info", "--ckpt", str(tmp_path / "none.safetensors")]) == 1
+    assert "does not exist" in one_error_line(capsys)
+    assert main(["info", "--ckpt", str(tmp_path)]) == 1
+    assert "is a directory" in one_error_line(capsys)
