@@ -16,7 +16,7 @@ import yaml
 from cli_helpers import one_error_line
 
 from charlstm import checkpoint
-from charlstm.cli import cli, main
+from charlstm.cli import main
 from charlstm.config import save_config
 from charlstm.errors import CharlstmError
 from charlstm.sweep import blas_env, plan, read_sweep, run_name, train_command
@@ -164,11 +164,6 @@ def test_unfinished_runs_are_resumed_and_new_ones_start_fresh(tmp_path, tiny_cor
     assert "train.lr=0.003" in fresh and "model.hidden_size=12" in fresh
 
 
-TRAIN_HAS_RESUME = any("--resume" in param.opts for param in cli.commands["train"].params)
-
-
-@pytest.mark.skipif(not TRAIN_HAS_RESUME, reason="RESUME PATH: needs `charlstm train --resume` (lead's branch); "
-                                                 "runs once that is merged")
 def test_resume_path_a_started_run_is_resumed_through_train_resume(tmp_path, tiny_corpus, capsys):
     """A run directory with config.yaml and a running run.json but no checkpoint (a sweep
     killed just after the run began) is continued with `train --resume`, not restarted."""
@@ -219,8 +214,6 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_it_exactly(tmp_path, tiny_co
     assert 0 < stopped_at < 1500
     assert json.loads((first / "run.json").read_text())["status"] != "finished"
 
-    if not TRAIN_HAS_RESUME:
-        pytest.skip("RESUME PATH: the rerun needs `charlstm train --resume` (lead's branch)")
     assert main(["sweep", str(path), "--jobs", "2"]) == 0
     again = capsys.readouterr().out
     assert "lr=0.003: resuming" in again and "lr=0.03: starting" in again
