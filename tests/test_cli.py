@@ -1,6 +1,7 @@
 """The command line: one line per failure, nothing overwritten, and the real commands end to end."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -70,10 +71,32 @@ def test_failures_print_one_line(args, fragment, capsys, tmp_path, monkeypatch):
     (["--temperature", "0"], "use --argmax"),
     (["--top-k", "0"], "--top-k must be between 1"),
     (["--prime", "xyz"], "not in the model's vocabulary"),
+    (["--num-samples", "0"], "--num-samples must be 1 or more, got 0"),
 ])
 def test_bad_sampling_arguments_print_one_line_and_no_text(trained, args, fragment, capsys):
     assert main(["sample", "--ckpt", str(trained / "best.safetensors"), *args]) == 1
     assert fragment in one_error_line(capsys)
+
+
+def split_samples(out: str) -> tuple[list[str], list[str]]:
+    """(sample numbers, texts) from the output of `sample --num-samples N`."""
+    parts = re.split(r"^---- sample (\d+) of \d+ ----\n", out, flags=re.MULTILINE)
+    assert parts[0] == ""
+    return parts[1::2], parts[2::2]
+
+
+def test_several_samples_are_printed_one_after_another_under_headers(trained, capsys):
+    ckpt = str(trained / "best.safetensors")
+    args = ["sample", "--ckpt", ckpt, "--length", "30", "--seed", "4", "--prime", "the "]
+    assert main([*args, "--num-samples", "3"]) == 0
+    numbers, texts = split_samples(capsys.readouterr().out)
+    assert numbers == ["1", "2", "3"]
+    assert all(text.startswith("the ") and len(text) == len("the ") + 30 + 1 for text in texts)
+    assert len(set(texts)) > 1
+    assert main([*args, "--num-samples", "3", "--argmax"]) == 0
+    _, greedy = split_samples(capsys.readouterr().out)
+    assert main([*args, "--argmax"]) == 0  # one sample streams as before, no header
+    assert greedy == [capsys.readouterr().out] * 3
 
 
 def test_corrupt_checkpoint_is_one_line(trained, capsys):
