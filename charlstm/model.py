@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lstm import LSTMCache, layer_backward, layer_forward
+from .lstm import LSTMCache, columns, layer_backward, layer_forward
 
 
 def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
@@ -113,7 +113,7 @@ def zero_state(num_layers: int, batch_size: int, hidden_size: int, dtype=np.floa
 class ModelCache:
     layers: list[LSTMCache]                 # feature-major, see lstm.py
     dropout_masks: list[np.ndarray | None]  # per layer output, (T, H, B) scaled by 1/(1-p)
-    head_input: np.ndarray                  # (T*B, H) top outputs after dropout
+    head_input: np.ndarray                  # (H, T*B) top outputs after dropout, as columns
     probs: np.ndarray                       # (T*B, V) softmax
     targets: np.ndarray                     # (T*B,)
     weights: np.ndarray | None              # (T*B,) mask / count, or None for a plain mean
@@ -177,10 +177,14 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
-    top, final_state, layer_caches, dropout_masks = run_layers(params, inputs, state, dropout, rng)
-    time, batch, hidden = top.shape
-    head_input = np.ascontiguousarray(top).reshape(time * batch, hidden)
-    logits = head_input @ params["head.W_y"]
+    h0, c0 = state
+    top, (final_h, final_c), layer_caches, dropout_masks = run_layers_feature_major(
+        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng)
+    final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
+                   np.ascontiguousarray(final_c.transpose(0, 2, 1)))
+    # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
+    head_input = columns(top)
+    logits = np.ascontiguousarray((np.ascontiguousarray(params["head.W_y"].T) @ head_input).T)
     logits += params["head.b_y"]
     flat_targets = targets.reshape(-1)
     # Stable log-softmax: subtract the row max before exp.
@@ -212,12 +216,11 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None):
         d_logits *= d_logits.dtype.type(1.0 / cache.count)
     else:
         d_logits *= cache.weights[:, None]
-    np.matmul(cache.head_input.T, d_logits, out=grads["head.W_y"])
+    np.matmul(cache.head_input, d_logits, out=grads["head.W_y"])
     np.sum(d_logits, axis=0, out=grads["head.b_y"])
-    top = cache.layers[-1]
-    time, hidden, batch = top.tanh_c.shape
-    # (T*B, H) rows -> feature-major (T, H, B) for the layers
-    d_x = np.ascontiguousarray((d_logits @ params["head.W_y"].T).reshape(time, batch, hidden).transpose(0, 2, 1))
+    time, hidden, batch = cache.layers[-1].tanh_c.shape
+    # (H, T*B) columns, seen as a feature-major (T, H, B) view for the layers
+    d_x = (params["head.W_y"] @ d_logits.T).reshape(hidden, time, batch).transpose(1, 0, 2)
 
     num_layers = params.num_layers
     d_h0 = np.empty((num_layers, batch, hidden), dtype=d_x.dtype)
