@@ -64,6 +64,31 @@ class LSTMCache:
         return self.h[1:].transpose(0, 2, 1)
 
 
+class Workspace:
+    """Large arrays kept from one training step to the next, looked up by name.
+
+    A step at 2x512, B=64, T=100 would otherwise take hundreds of MB of fresh memory
+    from the system and fault every page of it in again; measured, that costs tens to
+    hundreds of ms per step and varies with the machine's state. Whatever a step
+    leaves in here (its caches) is overwritten by the next step that uses the same
+    workspace, so only reuse one across calls that no longer need the previous
+    caches, as a training loop does.
+    """
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def empty(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        array = self._arrays.get(name)
+        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
+            array = self._arrays[name] = np.empty(shape, dtype=dtype)
+        return array
+
+
+def _empty(workspace: Workspace | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype) if workspace is None else workspace.empty(name, shape, dtype)
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     # 0.5 * (1 + tanh(x / 2)) equals the logistic function and never overflows.
     return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -115,7 +140,8 @@ def cell_forward(gates, c_prev, c_out, tanh_c_out, h_out, scratch):
     np.multiply(o, tanh_c_out, out=h_out)
 
 
-def input_projection(x: np.ndarray, W_x: np.ndarray, b: np.ndarray) -> np.ndarray:
+def input_projection(x: np.ndarray, W_x: np.ndarray, b: np.ndarray,
+                     workspace: Workspace | None = None, name: str = "") -> np.ndarray:
     """x_t @ W_x + b for all T steps at once, shaped (T, 4H, B) feature-major.
 
     `x` is (T, D, B) dense and feature-major, or (T, B) integer ids meaning one-hot
@@ -126,28 +152,29 @@ def input_projection(x: np.ndarray, W_x: np.ndarray, b: np.ndarray) -> np.ndarra
     """
     if np.issubdtype(x.dtype, np.integer):
         table = np.ascontiguousarray((W_x + b).T)  # (4H, V)
-        out = np.empty((x.shape[0], table.shape[0], x.shape[1]), dtype=table.dtype)
+        out = _empty(workspace, name + "z", (x.shape[0], table.shape[0], x.shape[1]), table.dtype)
         for t in range(x.shape[0]):  # per step: measured faster than one gather + transpose
             np.take(table, x[t], axis=1, out=out[t])
         return out
     time, _, batch = x.shape
-    out = np.matmul(W_x.T, columns(x))  # (4H, T*B); BLAS reads the transpose in place
+    out = _empty(workspace, name + "z_columns", (W_x.shape[1], time * batch), W_x.dtype)
+    np.matmul(W_x.T, columns(x), out=out)  # (4H, T*B); BLAS reads the transpose in place
     out += b[:, None]
     return out.reshape(-1, time, batch).transpose(1, 0, 2)
 
 
 def recurrence_forward(z: np.ndarray, h0: np.ndarray, c0: np.ndarray, W_h_T: np.ndarray,
-                       x: np.ndarray) -> LSTMCache:
+                       x: np.ndarray, workspace: Workspace | None = None, name: str = "") -> LSTMCache:
     """Run the time loop, feature-major. `z` (T, 4H, B) holds the scaled input
     projections; if it is contiguous it becomes the cache's gate activations
     (overwritten in place). h0, c0 are (H, B); W_h_T is the scaled, transposed
     (4H, H) from `scaled_weights`."""
     time, four_hidden, batch = z.shape
-    gates = z if z.flags.c_contiguous else np.empty(z.shape, dtype=z.dtype)
+    gates = z if z.flags.c_contiguous else _empty(workspace, name + "gates", z.shape, z.dtype)
     hidden = four_hidden // 4
-    h = np.empty((time + 1, hidden, batch), dtype=z.dtype)
-    c = np.empty((time + 1, hidden, batch), dtype=z.dtype)
-    tanh_c = np.empty((time, hidden, batch), dtype=z.dtype)
+    h = _empty(workspace, name + "h", (time + 1, hidden, batch), z.dtype)
+    c = _empty(workspace, name + "c", (time + 1, hidden, batch), z.dtype)
+    tanh_c = _empty(workspace, name + "tanh_c", (time, hidden, batch), z.dtype)
     h[0], c[0] = h0, c0
     recurrent = np.empty((four_hidden, batch), dtype=z.dtype)
     scratch = np.empty((hidden, batch), dtype=z.dtype)
@@ -159,10 +186,14 @@ def recurrence_forward(z: np.ndarray, h0: np.ndarray, c0: np.ndarray, W_h_T: np.
 
 
 def layer_forward(x: np.ndarray, h0: np.ndarray, c0: np.ndarray,
-                  W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray) -> LSTMCache:
-    """One layer over a window, feature-major: x (T, D, B) or ids (T, B); h0, c0 (H, B)."""
+                  W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray,
+                  workspace: Workspace | None = None, name: str = "") -> LSTMCache:
+    """One layer over a window, feature-major: x (T, D, B) or ids (T, B); h0, c0 (H, B).
+    With a `workspace`, the large arrays are taken from it under names starting with
+    `name` (one name per layer)."""
     W_x_scaled, W_h_T_scaled, b_scaled = scaled_weights(W_x, W_h, b)
-    return recurrence_forward(input_projection(x, W_x_scaled, b_scaled), h0, c0, W_h_T_scaled, x)
+    z = input_projection(x, W_x_scaled, b_scaled, workspace, name)
+    return recurrence_forward(z, h0, c0, W_h_T_scaled, x, workspace, name)
 
 
 def lstm_forward(x: np.ndarray, h0: np.ndarray, c0: np.ndarray,
@@ -185,7 +216,8 @@ def lstm_forward(x: np.ndarray, h0: np.ndarray, c0: np.ndarray,
 
 
 def recurrence_backward(d_outputs: np.ndarray, cache: LSTMCache, W_h: np.ndarray,
-                        d_h_last: np.ndarray | None = None, d_c_last: np.ndarray | None = None):
+                        d_h_last: np.ndarray | None = None, d_c_last: np.ndarray | None = None,
+                        workspace: Workspace | None = None, name: str = ""):
     """Backward through the time loop: the gate pre-activation gradients dZ and the
     gradients of the initial state (d_h0, d_c0), each (H, B). `d_outputs` is the loss
     gradient at h_1 .. h_T, any (T, H, B)-shaped array or view; d_h_last / d_c_last
@@ -202,7 +234,7 @@ def recurrence_backward(d_outputs: np.ndarray, cache: LSTMCache, W_h: np.ndarray
     time, four_hidden, batch = gates.shape
     hidden = four_hidden // 4
     dtype = gates.dtype
-    d_z_columns = np.empty((four_hidden, time, batch), dtype=dtype)
+    d_z_columns = _empty(workspace, name + "d_z", (four_hidden, time, batch), dtype)
     d_z_t = np.empty((four_hidden, batch), dtype=dtype)
     d_i, d_f, d_g, d_o = (d_z_t[k * hidden:(k + 1) * hidden] for k in range(4))
     d_ifg = d_z_t[:3 * hidden].reshape(3, hidden, batch)
@@ -282,10 +314,10 @@ def weight_gradients(d_z_columns: np.ndarray, cache: LSTMCache, W_x: np.ndarray,
 def layer_backward(d_outputs: np.ndarray, cache: LSTMCache, W_x: np.ndarray, W_h: np.ndarray,
                    grads: tuple[np.ndarray, np.ndarray, np.ndarray],
                    d_h_last: np.ndarray | None = None, d_c_last: np.ndarray | None = None,
-                   need_d_x: bool = True):
+                   need_d_x: bool = True, workspace: Workspace | None = None, name: str = ""):
     """Feature-major backward of one layer: d_outputs (T, H, B) -> (d_x (T, D, B) view
     or None, d_h0 (H, B), d_c0 (H, B)); weight gradients are written into `grads`."""
-    d_z_columns, d_h0, d_c0 = recurrence_backward(d_outputs, cache, W_h, d_h_last, d_c_last)
+    d_z_columns, d_h0, d_c0 = recurrence_backward(d_outputs, cache, W_h, d_h_last, d_c_last, workspace, name)
     d_x = weight_gradients(d_z_columns, cache, W_x, grads, need_d_x)
     return d_x, d_h0, d_c0
 

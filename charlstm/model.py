@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lstm import LSTMCache, columns, layer_backward, layer_forward
+from .lstm import LSTMCache, Workspace, columns, layer_backward, layer_forward
 
 
 def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
@@ -130,9 +130,10 @@ def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, 
 
 
 def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
-                             rng: np.random.Generator | None = None):
+                             rng: np.random.Generator | None = None, workspace: Workspace | None = None):
     """`run_layers` without the layout changes at either end: returns the top outputs
-    as (T, H, B) and the final state as (h, c), each (L, H, B)."""
+    as (T, H, B) and the final state as (h, c), each (L, H, B). With a `workspace`
+    the layers' large arrays are reused from it (see lstm.Workspace)."""
     h0, c0 = state
     x = inputs
     layer_caches, dropout_masks = [], []
@@ -141,7 +142,7 @@ def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout:
     final_c = np.empty_like(final_h)
     for layer in range(num_layers):
         W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
-        cache = layer_forward(x, h0[layer], c0[layer], W_x, W_h, b)
+        cache = layer_forward(x, h0[layer], c0[layer], W_x, W_h, b, workspace, f"lstm.{layer}.")
         layer_caches.append(cache)
         final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
         x = cache.h[1:]
@@ -169,17 +170,19 @@ def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
 
 def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
             dropout: float = 0.0, rng: np.random.Generator | None = None,
-            mask: np.ndarray | None = None):
+            mask: np.ndarray | None = None, workspace: Workspace | None = None):
     """Mean cross-entropy (nats/char) of predicting `targets` from `inputs`.
 
     inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 needs
     `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
+    workspace: optional lstm.Workspace reused from step to step (the cache then lives
+    in it until the next call with the same workspace).
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
     h0, c0 = state
     top, (final_h, final_c), layer_caches, dropout_masks = run_layers_feature_major(
-        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng)
+        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng, workspace)
     final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
                    np.ascontiguousarray(final_c.transpose(0, 2, 1)))
     # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
@@ -206,10 +209,12 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
     return loss, final_state, cache
 
 
-def backward(params: Params, cache: ModelCache, grads: Params, d_state=None):
+def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
+             workspace: Workspace | None = None):
     """Fill `grads` (same names as `params`) with d loss / d param; return the
     gradient of the initial state (d_h0, d_c0), each (L, B, H). d_state optionally
-    adds gradient at the final state (used by the gradient check)."""
+    adds gradient at the final state (used by the gradient check); workspace as in
+    `forward`."""
     d_logits = cache.probs.copy()
     d_logits[np.arange(len(cache.targets)), cache.targets] -= 1.0
     if cache.weights is None:
@@ -234,6 +239,6 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None):
         d_x, d_h0_layer, d_c0_layer = layer_backward(
             d_x, cache.layers[layer], params[f"lstm.{layer}.W_x"], params[f"lstm.{layer}.W_h"],
             (grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
-            d_h_last, d_c_last, need_d_x=layer > 0)
+            d_h_last, d_c_last, need_d_x=layer > 0, workspace=workspace, name=f"lstm.{layer}.")
         d_h0[layer], d_c0[layer] = d_h0_layer.T, d_c0_layer.T
     return d_h0, d_c0

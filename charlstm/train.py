@@ -28,6 +28,7 @@ from .config import Config, save_config
 from .data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
                    read_corpus, split_train_val)
 from .errors import CharlstmError
+from .lstm import Workspace
 from .model import Params, backward, forward, init_params, zero_state
 from .optim import Adam, clip_global_norm, learning_rate
 from .sample import generate
@@ -131,6 +132,11 @@ class TrainingState:
             rng_states={purpose: rng.bit_generator.state for purpose, rng in self.rngs.items()})
 
 
+# The large per-window arrays of train_step, reused from one step to the next (a step
+# needs the previous step's caches no more); see lstm.Workspace.
+_STEP_WORKSPACE = Workspace()
+
+
 def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Config,
                decay_views: list[np.ndarray]) -> tuple[float, float, float]:
     """One window of truncated BPTT: forward, backward, clip, Adam. Returns
@@ -143,8 +149,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
         ts.carried = tuple(np.zeros_like(a) for a in ts.carried)
     inputs, targets = get_window(streams, window, train_cfg.seq_len)
     loss, next_state, cache = forward(ts.params, inputs, targets, ts.carried,
-                                      config.model.dropout, ts.rngs["dropout"])
-    backward(ts.params, cache, grads)
+                                      config.model.dropout, ts.rngs["dropout"], workspace=_STEP_WORKSPACE)
+    backward(ts.params, cache, grads, workspace=_STEP_WORKSPACE)
     grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "
