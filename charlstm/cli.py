@@ -85,19 +85,29 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
 @click.option("--prime", default="", help="Text the model reads first; it is printed too.")
 @click.option("--seed", type=int, help="Random seed; the same seed gives the same text.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
-def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax):
-    """Generate text from a checkpoint, streaming it to stdout."""
+@click.option("--num-samples", default=1, show_default=True, type=int,
+              help="Independent samples, generated together as one batch.")
+def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_samples):
+    """Generate text from a checkpoint, streaming it to stdout (several samples are
+    printed one after another once all are done, each under a header line)."""
     from .sample import generate
 
     ckpt = checkpoint.load(ckpt_path)
     steps = generate(ckpt.params, ckpt.vocab, length, prime=prime, temperature=temperature,
-                     top_k=top_k, argmax=argmax, rng=np.random.default_rng(seed))
+                     top_k=top_k, argmax=argmax, rng=np.random.default_rng(seed),
+                     num_samples=num_samples)
     out = sys.stdout
-    out.write(prime)
-    for chars in steps:
-        out.write(chars)
-        out.flush()
-    out.write("\n")
+    if num_samples == 1:
+        out.write(prime)
+        for chars in steps:
+            out.write(chars)
+            out.flush()
+        out.write("\n")
+        return
+    columns = list(steps)  # step k holds character k of every sample
+    for n in range(num_samples):
+        out.write(f"---- sample {n + 1} of {num_samples} ----\n")
+        out.write(prime + "".join(step[n] for step in columns) + "\n")
 
 
 @cli.command("eval")

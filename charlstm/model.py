@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lstm import LSTMCache, input_projection, lstm_backward, recurrence_forward
+from .lstm import LSTMCache, Workspace, columns, layer_backward, layer_forward
 
 
 def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
@@ -111,18 +111,46 @@ def zero_state(num_layers: int, batch_size: int, hidden_size: int, dtype=np.floa
 
 @dataclass
 class ModelCache:
-    layers: list[LSTMCache]
-    dropout_masks: list[np.ndarray | None]  # per layer output, (T, B, H) scaled by 1/(1-p)
-    head_input: np.ndarray                  # (T*B, H) top outputs after dropout
+    layers: list[LSTMCache]                 # feature-major, see lstm.py
+    dropout_masks: list[np.ndarray | None]  # per layer output, (T, H, B) scaled by 1/(1-p)
+    head_input: np.ndarray                  # (H, T*B) top outputs after dropout, as columns
     probs: np.ndarray                       # (T*B, V) softmax
     targets: np.ndarray                     # (T*B,)
     weights: np.ndarray | None              # (T*B,) mask / count, or None for a plain mean
     count: float
 
 
-def _dropout_mask(rng: np.random.Generator, shape, rate: float, dtype) -> np.ndarray:
-    keep = rng.random(shape, dtype=np.float32) >= rate
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, rate: float, dtype) -> np.ndarray:
+    """Feature-major (T, H, B) mask. The random numbers are drawn in (T, B, H) order, as
+    before the layers went feature-major, so a seed gives the same masks as it did."""
+    keep = rng.random((time, batch, hidden), dtype=np.float32) >= rate
+    mask = np.empty((time, hidden, batch), dtype=dtype)
+    np.multiply(keep.transpose(0, 2, 1), dtype.type(1.0 / (1.0 - rate)), out=mask)
+    return mask
+
+
+def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
+                             rng: np.random.Generator | None = None, workspace: Workspace | None = None):
+    """`run_layers` without the layout changes at either end: returns the top outputs
+    as (T, H, B) and the final state as (h, c), each (L, H, B). With a `workspace`
+    the layers' large arrays are reused from it (see lstm.Workspace)."""
+    h0, c0 = state
+    x = inputs
+    layer_caches, dropout_masks = [], []
+    num_layers, hidden = params.num_layers, params.hidden_size
+    final_h = np.empty((num_layers, hidden, inputs.shape[1]), dtype=params.flat.dtype)
+    final_c = np.empty_like(final_h)
+    for layer in range(num_layers):
+        W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
+        cache = layer_forward(x, h0[layer], c0[layer], W_x, W_h, b, workspace, f"lstm.{layer}.")
+        layer_caches.append(cache)
+        final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
+        x = cache.h[1:]
+        keep = _dropout_mask(rng, x.shape[0], hidden, x.shape[2], dropout, x.dtype) if dropout > 0.0 else None
+        if keep is not None:
+            x = x * keep
+        dropout_masks.append(keep)
+    return x, (final_h, final_c), layer_caches, dropout_masks
 
 
 def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
@@ -133,36 +161,33 @@ def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
     masks). dropout > 0 needs `rng`.
     """
     h0, c0 = state
-    x = inputs
-    layer_caches, dropout_masks = [], []
-    final_h, final_c = np.empty_like(h0), np.empty_like(c0)
-    for layer in range(params.num_layers):
-        W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
-        cache = recurrence_forward(input_projection(x, W_x, b), h0[layer], c0[layer], W_h, x)
-        layer_caches.append(cache)
-        final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
-        x = cache.h[1:]
-        keep = _dropout_mask(rng, x.shape, dropout, x.dtype) if dropout > 0.0 else None
-        if keep is not None:
-            x = x * keep
-        dropout_masks.append(keep)
-    return x, (final_h, final_c), layer_caches, dropout_masks
+    top, (final_h, final_c), layer_caches, dropout_masks = run_layers_feature_major(
+        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng)
+    final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
+                   np.ascontiguousarray(final_c.transpose(0, 2, 1)))
+    return top.transpose(0, 2, 1), final_state, layer_caches, dropout_masks
 
 
 def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
             dropout: float = 0.0, rng: np.random.Generator | None = None,
-            mask: np.ndarray | None = None):
+            mask: np.ndarray | None = None, workspace: Workspace | None = None):
     """Mean cross-entropy (nats/char) of predicting `targets` from `inputs`.
 
     inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 needs
     `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
+    workspace: optional lstm.Workspace reused from step to step (the cache then lives
+    in it until the next call with the same workspace).
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
-    x, final_state, layer_caches, dropout_masks = run_layers(params, inputs, state, dropout, rng)
-    time, batch, hidden = x.shape
-    head_input = x.reshape(time * batch, hidden)
-    logits = head_input @ params["head.W_y"]
+    h0, c0 = state
+    top, (final_h, final_c), layer_caches, dropout_masks = run_layers_feature_major(
+        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng, workspace)
+    final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
+                   np.ascontiguousarray(final_c.transpose(0, 2, 1)))
+    # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
+    head_input = columns(top)
+    logits = np.ascontiguousarray((np.ascontiguousarray(params["head.W_y"].T) @ head_input).T)
     logits += params["head.b_y"]
     flat_targets = targets.reshape(-1)
     # Stable log-softmax: subtract the row max before exp.
@@ -184,33 +209,36 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
     return loss, final_state, cache
 
 
-def backward(params: Params, cache: ModelCache, grads: Params, d_state=None):
+def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
+             workspace: Workspace | None = None):
     """Fill `grads` (same names as `params`) with d loss / d param; return the
     gradient of the initial state (d_h0, d_c0), each (L, B, H). d_state optionally
-    adds gradient at the final state (used by the gradient check)."""
+    adds gradient at the final state (used by the gradient check); workspace as in
+    `forward`."""
     d_logits = cache.probs.copy()
     d_logits[np.arange(len(cache.targets)), cache.targets] -= 1.0
     if cache.weights is None:
         d_logits *= d_logits.dtype.type(1.0 / cache.count)
     else:
         d_logits *= cache.weights[:, None]
-    np.matmul(cache.head_input.T, d_logits, out=grads["head.W_y"])
+    np.matmul(cache.head_input, d_logits, out=grads["head.W_y"])
     np.sum(d_logits, axis=0, out=grads["head.b_y"])
-    top = cache.layers[-1]
-    d_x = (d_logits @ params["head.W_y"].T).reshape(top.h[1:].shape)
+    time, hidden, batch = cache.layers[-1].tanh_c.shape
+    # (H, T*B) columns, seen as a feature-major (T, H, B) view for the layers
+    d_x = (params["head.W_y"] @ d_logits.T).reshape(hidden, time, batch).transpose(1, 0, 2)
 
     num_layers = params.num_layers
-    d_h0 = np.empty((num_layers,) + top.h.shape[1:], dtype=d_x.dtype)
+    d_h0 = np.empty((num_layers, batch, hidden), dtype=d_x.dtype)
     d_c0 = np.empty_like(d_h0)
     for layer in range(num_layers - 1, -1, -1):
         if cache.dropout_masks[layer] is not None:
             d_x *= cache.dropout_masks[layer]
         d_h_last = d_c_last = None
         if d_state is not None:
-            d_h_last, d_c_last = d_state[0][layer], d_state[1][layer]
-        d_x, d_h0[layer], d_c0[layer], _ = lstm_backward(
+            d_h_last, d_c_last = d_state[0][layer].T, d_state[1][layer].T
+        d_x, d_h0_layer, d_c0_layer = layer_backward(
             d_x, cache.layers[layer], params[f"lstm.{layer}.W_x"], params[f"lstm.{layer}.W_h"],
-            d_h_last, d_c_last,
-            grads=(grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
-            need_d_x=layer > 0)
+            (grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
+            d_h_last, d_c_last, need_d_x=layer > 0, workspace=workspace, name=f"lstm.{layer}.")
+        d_h0[layer], d_c0[layer] = d_h0_layer.T, d_c0_layer.T
     return d_h0, d_c0

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from .config import Config, config_to_dict, config_yaml, load_config
 from .data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
                    read_corpus, split_train_val)
 from .errors import CharlstmError
+from .lstm import Workspace
 from .model import Params, backward, forward, init_params, zero_state
 from .optim import Adam, clip_global_norm, learning_rate
 from .sample import generate
@@ -117,6 +118,9 @@ class TrainingState:
     step: int = 0
     best_val_loss: float = math.inf
     elapsed_s: float = 0.0  # training time so far, across resumes
+    # The large per-window arrays of train_step, reused from one step to the next (a
+    # step no longer needs the previous step's caches); not checkpointed. See lstm.Workspace.
+    workspace: Workspace = field(default_factory=Workspace, repr=False)
 
     @classmethod
     def fresh(cls, config: Config, vocab_size: int) -> TrainingState:
@@ -175,8 +179,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
         ts.carried = tuple(np.zeros_like(a) for a in ts.carried)
     inputs, targets = get_window(streams, window, train_cfg.seq_len)
     loss, next_state, cache = forward(ts.params, inputs, targets, ts.carried,
-                                      config.model.dropout, ts.rngs["dropout"])
-    backward(ts.params, cache, grads)
+                                      config.model.dropout, ts.rngs["dropout"], workspace=ts.workspace)
+    backward(ts.params, cache, grads, workspace=ts.workspace)
     grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "

@@ -121,6 +121,7 @@ CASES = {
     "temperature negative": (lambda: sample(GOOD_CKPT, "--temperature", "-1"), "use --argmax"),
     "top-k zero": (lambda: sample(GOOD_CKPT, "--top-k", "0"), "--top-k must be between 1 and the vocabulary size 19"),
     "top-k above vocabulary": (lambda: sample(GOOD_CKPT, "--top-k", "20"), "--top-k must be between 1 and"),
+    "zero samples": (lambda: sample(GOOD_CKPT, "--num-samples", "0"), "--num-samples must be 1 or more, got 0"),
     "prime outside vocabulary": (lambda: sample(GOOD_CKPT, "--prime", "the Zebra, quoth X"),
                                  "characters not in the model's vocabulary: ',' 'X' 'Z' 'q'"),
     # command line

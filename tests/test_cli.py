@@ -1,6 +1,7 @@
 """The command line: one line per failure, nothing overwritten, and the real commands end to end."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,27 @@ def test_train_then_sample_then_eval(trained, tiny_corpus, capsys):
     assert result["perplexity"] == pytest.approx(np.exp(result["loss_nats"]))
     assert main(["eval", "--ckpt", ckpt, str(tiny_corpus)]) == 0
     assert "nats/char" in capsys.readouterr().out
+
+
+def split_samples(out: str) -> tuple[list[str], list[str]]:
+    """(sample numbers, texts) from the output of `sample --num-samples N`."""
+    parts = re.split(r"^---- sample (\d+) of \d+ ----\n", out, flags=re.MULTILINE)
+    assert parts[0] == ""
+    return parts[1::2], parts[2::2]
+
+
+def test_several_samples_are_printed_one_after_another_under_headers(trained, capsys):
+    ckpt = str(trained / "best.safetensors")
+    args = ["sample", "--ckpt", ckpt, "--length", "30", "--seed", "4", "--prime", "the "]
+    assert main([*args, "--num-samples", "3"]) == 0
+    numbers, texts = split_samples(capsys.readouterr().out)
+    assert numbers == ["1", "2", "3"]
+    assert all(text.startswith("the ") and len(text) == len("the ") + 30 + 1 for text in texts)
+    assert len(set(texts)) > 1
+    assert main([*args, "--num-samples", "3", "--argmax"]) == 0
+    _, greedy = split_samples(capsys.readouterr().out)
+    assert main([*args, "--argmax"]) == 0  # one sample streams as before, no header
+    assert greedy == [capsys.readouterr().out] * 3
 
 
 def test_installed_console_script_runs(tmp_path):

@@ -126,6 +126,31 @@ def test_eval_windows_cover_every_prediction_exactly_once(length, batch, seq_len
     assert sorted(seen) == list(range(length - 1))
 
 
+def padded_eval_windows(ids, batch_size, seq_len):
+    """The previous implementation, which padded a whole intp copy of the ids first."""
+    num_predictions = len(ids) - 1
+    stream_len = -(-num_predictions // batch_size)
+    padded = np.zeros(batch_size * stream_len + 1, dtype=np.intp)
+    padded[:len(ids)] = ids
+    inputs = padded[:-1].reshape(batch_size, stream_len)
+    targets = padded[1:].reshape(batch_size, stream_len)
+    mask = (np.arange(batch_size * stream_len) < num_predictions).reshape(batch_size, stream_len)
+    for start in range(0, stream_len, seq_len):
+        window = slice(start, start + seq_len)
+        yield inputs[:, window].T, targets[:, window].T, mask[:, window].T
+
+
+@pytest.mark.parametrize("length, batch, seq_len", [(101, 4, 7), (50, 8, 5), (3, 4, 4), (1000, 3, 64), (2, 1, 1)])
+def test_windowed_eval_equals_padding_the_whole_corpus(length, batch, seq_len):
+    ids = np.random.default_rng(length).integers(1, 60, length).astype(np.uint8)
+    windowed = list(eval_windows(ids, batch, seq_len))
+    padded = list(padded_eval_windows(ids, batch, seq_len))
+    assert len(windowed) == len(padded)
+    for ours, reference in zip(windowed, padded):
+        for a, b in zip(ours, reference):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
 def test_min_corpus_chars_is_exactly_enough():
     for batch, seq_len, val in [(4, 12, 0.1), (32, 64, 0.1), (3, 5, 0.5)]:
         needed = min_corpus_chars(batch, seq_len, val)

@@ -74,7 +74,9 @@ def test_gather_path_equals_explicit_one_hot_product():
     W_x = rng.normal(size=(vocab, 4 * hidden)).astype(np.float32)
     W_h = rng.normal(size=(hidden, 4 * hidden)).astype(np.float32)
     b = rng.normal(size=4 * hidden).astype(np.float32)
-    np.testing.assert_allclose(input_projection(ids, W_x, b), input_projection(onehot, W_x, b), rtol=1e-6, atol=1e-6)
+    onehot_feature_major = np.ascontiguousarray(onehot.transpose(0, 2, 1))  # (T, V, B)
+    np.testing.assert_allclose(input_projection(ids, W_x, b), input_projection(onehot_feature_major, W_x, b),
+                               rtol=1e-6, atol=1e-6)
     h0 = c0 = np.zeros((B, hidden), np.float32)
     out_ids, _, cache_ids = lstm_forward(ids, h0, c0, W_x, W_h, b)
     out_dense, _, cache_dense = lstm_forward(onehot, h0, c0, W_x, W_h, b)

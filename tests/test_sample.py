@@ -49,6 +49,35 @@ def test_batched_samples_are_independent_rows(params):
     assert len(set(rows)) > 1
 
 
+def test_each_sample_of_a_greedy_batch_equals_the_single_greedy_sample(params):
+    single = text(params, length=40, prime="ab", argmax=True)
+    steps = list(generate(params, VOCAB, 40, prime="ab", argmax=True, rng=np.random.default_rng(0),
+                          num_samples=5))
+    assert all(len(step) == 5 for step in steps)
+    assert ["".join(step[n] for step in steps) for n in range(5)] == [single] * 5
+
+
+def test_batched_sampling_follows_the_model_for_every_sample(params):
+    """Sample n of a temperature batch: each character is a likely next character for
+    sample n's own history, checked against a fresh run of the whole stack."""
+    steps = list(generate(params, VOCAB, 25, prime="a", temperature=0.5, rng=np.random.default_rng(9),
+                          num_samples=4))
+    samples = ["a" + "".join(step[n] for step in steps) for n in range(4)]
+    ids = np.stack([VOCAB.encode(s).astype(np.intp) for s in samples], axis=1)  # (T, N)
+    top, _, _, _ = run_layers(params, ids, zero_state(2, 4, 12))
+    logits = top @ params["head.W_y"] + params["head.b_y"]  # (T, N, V)
+    probs = np.exp(logits / 0.5 - (logits / 0.5).max(axis=2, keepdims=True))
+    probs /= probs.sum(axis=2, keepdims=True)
+    chosen = np.take_along_axis(probs[:-1], ids[1:, :, None], axis=2)
+    assert chosen.min() > 1e-4  # never a character the model all but rules out
+    assert len(set(samples)) > 1
+
+
+def test_num_samples_below_one_is_refused(params):
+    with pytest.raises(CharlstmError, match="--num-samples must be 1 or more, got 0"):
+        text(params, num_samples=0)
+
+
 def test_draw_follows_the_distribution():
     probs = np.array([[0.1, 0.0, 0.6, 0.3]] * 20000)
     counts = np.bincount(draw(probs, np.random.default_rng(0)), minlength=4) / 20000

@@ -68,7 +68,7 @@ def run_both(dtype):
     loss, (h_final, c_final), cache = forward(params, inputs, targets, (h0, c0))
     grads = params.zeros_like()
     d_h0, d_c0 = backward(params, cache, grads)
-    ours = dict(outputs=cache.layers[-1].h[1:], h_final=h_final, c_final=c_final, loss=loss,
+    ours = dict(outputs=cache.layers[-1].outputs, h_final=h_final, c_final=c_final, loss=loss,
                 d_h0=d_h0, d_c0=d_c0, grads=to_torch_state_dict(grads))
     # PyTorch's two biases each receive the gradient of their sum, our b.
     for layer in range(LAYERS):
