@@ -130,6 +130,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         version = int(metadata.get("format_version", ""))
     except ValueError:
         raise corrupt from None
+    if version < 1:  # the version is outside the sha256, so a flipped bit must show here
+        raise corrupt
     if version > FORMAT_VERSION:
         raise CharlstmError(
             f"checkpoint {path} has format version {version}, newer than this charlstm "

@@ -75,6 +75,18 @@ def test_truncated_file_is_refused(saved):
             checkpoint.load(path)
 
 
+def test_a_flipped_bit_in_the_format_version_is_refused(saved):
+    path, _ = saved
+    data = path.read_bytes()
+    at = data.index(b'"format_version":"1"') + len(b'"format_version":"')
+    for bit in range(8):
+        corrupted = bytearray(data)
+        corrupted[at] ^= 1 << bit
+        path.write_bytes(bytes(corrupted))
+        with pytest.raises(CharlstmError):
+            checkpoint.load(path)
+
+
 def test_any_flipped_byte_is_refused(saved):
     path, _ = saved
     data = path.read_bytes()
