@@ -227,15 +227,16 @@ def config_to_dict(config: Config) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """The YAML document in `path` (safe_load), or a ConfigError saying why not."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory; pass a .yaml file") from None
+        raise ConfigError(f"{what} {path} is a directory; pass a .yaml file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -272,7 +273,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Defaults, then the YAML file at `path` (if any), then each `--set` override."""
     source = str(path) if path is not None else "config"
-    raw = _read_yaml(Path(path)) if path is not None else None
+    raw = read_yaml(Path(path)) if path is not None else None
     config = config_from_dict(raw, source)  # the file alone must be valid
     if not overrides:
         return config

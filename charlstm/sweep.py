@@ -36,9 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from .config import Config, config_to_dict, load_config
+from .config import Config, config_to_dict, load_config, read_yaml
 from .errors import CharlstmError
 from .sweep_table import markdown_table, table_rows, write_tables
 
@@ -86,18 +85,7 @@ def _resolve(path_text, key: str, source: Path) -> Path:
 
 def read_sweep(path: Path) -> Sweep:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CharlstmError(f"sweep file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CharlstmError(f"sweep file {path} is a directory; pass a .yaml file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CharlstmError(f"cannot read sweep file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise CharlstmError(f"{path}{where}: YAML syntax error") from None
+    raw = read_yaml(path, "sweep file")
     if not isinstance(raw, dict):
         raise CharlstmError(f"sweep file {path} must be a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = sorted(set(raw) - set(SWEEP_KEYS))

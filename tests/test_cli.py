@@ -23,14 +23,6 @@ def trained(tiny_corpus, tmp_path, capsys):
     return run_dir
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def test_train_then_sample_then_eval(trained, tiny_corpus, capsys):
     ckpt = str(trained / "best.safetensors")
     assert main(["sample", "--ckpt", ckpt, "--length", "50", "--seed", "3", "--prime", "the "]) == 0
