@@ -227,8 +227,8 @@ def main(argv=None) -> int:
         click.echo(f"error: {one_line}", err=True)
         return exc.exit_code
     except MemoryError:
-        click.echo("error: out of memory; lower train.batch_size, train.seq_len or model.hidden_size",
-                   err=True)
+        click.echo("error: out of memory; try smaller sizes (train.batch_size, train.seq_len, "
+                   "model.hidden_size or --num-samples)", err=True)
         return 1
     except click.ClickException as exc:
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
