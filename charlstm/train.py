@@ -118,6 +118,10 @@ class TrainingState:
     step: int = 0
     best_val_loss: float = math.inf
     elapsed_s: float = 0.0  # training time so far, across resumes
+    # The learning-rate schedule's length: max_steps when training began. A resume that
+    # raises max_steps trains on at the schedule's final rate instead of stretching it,
+    # so the steps already planned stay exactly as they were.
+    schedule_steps: int = 0
     # The large per-window arrays of train_step, reused from one step to the next (a
     # step no longer needs the previous step's caches); not checkpointed. See lstm.Workspace.
     workspace: Workspace = field(default_factory=Workspace, repr=False)
@@ -131,7 +135,7 @@ class TrainingState:
                              model_cfg.forget_bias, rngs["init"], dtype)
         optimizer = Adam(params.flat.size, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay, dtype)
         carried = zero_state(model_cfg.num_layers, train_cfg.batch_size, model_cfg.hidden_size, dtype)
-        return cls(params, optimizer, carried, rngs)
+        return cls(params, optimizer, carried, rngs, schedule_steps=train_cfg.max_steps)
 
     @classmethod
     def from_checkpoint(cls, ckpt: checkpoint.Checkpoint, config: Config) -> TrainingState:
@@ -149,6 +153,8 @@ class TrainingState:
             best = ckpt.progress.get("best_val_loss")
             ts.best_val_loss = math.inf if best is None else float(best)
             ts.elapsed_s = float(ckpt.progress.get("elapsed_s", 0.0))
+            if ts.step > 0:  # at step 0 (e.g. imported weights) the schedule is not yet set
+                ts.schedule_steps = int(ckpt.progress.get("schedule_steps", ckpt.config.train.max_steps))
         except (KeyError, TypeError, ValueError):
             raise CharlstmError("the checkpoint lacks the optimizer, state or generator data a resume "
                                 "needs; start a new run (it can still be sampled)") from None
@@ -160,7 +166,7 @@ class TrainingState:
             progress={"step": self.step, "epoch": self.step // windows_per_epoch,
                       "window": self.step % windows_per_epoch,
                       "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
-                      "elapsed_s": self.elapsed_s},
+                      "elapsed_s": self.elapsed_s, "schedule_steps": self.schedule_steps},
             optimizer_step=self.optimizer.step_count,
             optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
             carried_state=self.carried,
@@ -186,7 +192,7 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "
                                f"(loss {loss}, gradient norm {grad_norm})")
     lr = learning_rate(ts.step, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
-                       train_cfg.max_steps, train_cfg.final_lr_fraction)
+                       ts.schedule_steps, train_cfg.final_lr_fraction)
     ts.optimizer.step(ts.params.flat, grads.flat, lr, decay_views)
     ts.carried = next_state  # fresh arrays: no gradient path back into this window
     ts.step += 1
@@ -285,7 +291,8 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
 
 
 # Keys a resume may change: they decide how long to train and what to report, not
-# what the model, the data or any training step computes.
+# what the model, the data or any step already planned computes (the learning-rate
+# schedule keeps the length it started with; see TrainingState.schedule_steps).
 RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.checkpoint_every",
                   "train.sample_every", "train.sample_length", "train.log_every")
 

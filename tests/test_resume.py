@@ -100,6 +100,27 @@ def test_resume_may_raise_max_steps_and_records_it(tiny_corpus, tmp_path):
     assert "max_steps: 70" in (run_dir / "config.yaml").read_text()
 
 
+def test_raising_max_steps_keeps_the_planned_schedule_then_trains_on_at_its_final_rate(
+        tiny_corpus, tmp_path, monkeypatch):
+    planned = {**EXACT, "train.warmup_steps": 0, "train.log_every": 1}
+    train(tiny_config(**planned), tiny_corpus, tmp_path / "one-go", **QUIET)
+    stop_at_steps(monkeypatch, {30})
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(**planned), tiny_corpus, tmp_path / "longer", **QUIET)
+    monkeypatch.undo()
+    resume(tmp_path / "longer", ["train.max_steps=75"], **QUIET)
+
+    def records(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    one_go, longer = records("one-go"), records("longer")
+    fields = ("step", "train_loss", "lr", "grad_norm")
+    assert [[r[k] for k in fields] for r in longer[:60]] == [[r[k] for k in fields] for r in one_go]
+    final_lr = one_go[-1]["lr"]  # cosine down to lr * final_lr_fraction
+    assert final_lr == pytest.approx(0.02 * 0.1)
+    assert [r["lr"] for r in longer[60:]] == [final_lr] * 15
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over(one_go, tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_config(**EXACT), tiny_corpus, run_dir, **QUIET)
