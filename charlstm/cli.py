@@ -139,12 +139,13 @@ def evaluate_command(ckpt_path, file, as_json):
 @click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras"]),
               help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: .npz of LSTM + Dense weights.")
 @click.argument("out", type=click.Path(path_type=Path))
-def export_command(ckpt_path, fmt, out):
+@click.option("--force", is_flag=True, help="Replace OUT and its .vocab.json if they exist.")
+def export_command(ckpt_path, fmt, out, force):
     """Write a checkpoint's weights for PyTorch or Keras to OUT, and its vocabulary
     to OUT's name with .vocab.json (see README, Interoperability)."""
     from .exchange import export_checkpoint
 
-    for path in export_checkpoint(ckpt_path, fmt, out):
+    for path in export_checkpoint(ckpt_path, fmt, out, force):
         click.echo(f"wrote {path}")
 
 
@@ -160,7 +161,8 @@ def export_command(ckpt_path, fmt, out):
 @click.option("--corpus", type=click.Path(path_type=Path), help="The text to fine-tune on (with --run-dir).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="Training settings for the checkpoint; the model size comes from the weights.")
-def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path):
+@click.option("--force", is_flag=True, help="Replace the --out checkpoint if it exists.")
+def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path, force):
     """Make a charlstm checkpoint, or a run to fine-tune, from PyTorch or Keras WEIGHTS
     and a vocabulary."""
     from .exchange import import_as_run, import_weights
@@ -171,7 +173,7 @@ def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path):
     if (run_dir is None) != (corpus is None):
         raise CharlstmError("--run-dir and --corpus go together")
     if out is not None:
-        ckpt = import_weights(weights, fmt, vocab_path, out, config_path)
+        ckpt = import_weights(weights, fmt, vocab_path, out, config_path, force)
     else:
         ckpt = import_as_run(weights, fmt, vocab_path, run_dir, corpus, config_path)
     model = ckpt.config.model

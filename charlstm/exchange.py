@@ -78,15 +78,26 @@ def read_vocab(path: Path) -> Vocab:
     return Vocab(chars)
 
 
-def export_checkpoint(ckpt_path: Path, fmt: str, out: Path) -> list[Path]:
+def check_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
+    """Refuse to write over an input, or over an existing file unless forced."""
+    for out in outputs:
+        if out.is_dir():
+            raise CharlstmError(f"{out} is a directory; pass a file name")
+        if not out.parent.is_dir():
+            raise CharlstmError(f"directory {out.parent} does not exist")
+        if any(out.exists() and source.exists() and out.samefile(source) for source in inputs):
+            raise CharlstmError(f"{out} is also an input; choose another output file")
+        if out.exists() and not force:
+            raise CharlstmError(f"{out} already exists; choose another name or pass --force to replace it")
+
+
+def export_checkpoint(ckpt_path: Path, fmt: str, out: Path, force: bool = False) -> list[Path]:
     """Write the checkpoint's weights in `fmt` to `out` and its vocabulary beside it;
     returns the files written."""
-    ckpt = checkpoint.load(ckpt_path)
     out = Path(out)
-    if out.is_dir():
-        raise CharlstmError(f"{out} is a directory; pass a file name such as model{EXTENSIONS[fmt]}")
-    if not out.parent.is_dir():
-        raise CharlstmError(f"directory {out.parent} does not exist")
+    vocab_path = vocab_path_for(out)
+    check_outputs([out, vocab_path], [Path(ckpt_path)], force)
+    ckpt = checkpoint.load(ckpt_path)
     if fmt == "torch":
         data = safetensors.numpy.save(to_torch_state_dict(ckpt.params))
     elif fmt == "keras":
@@ -96,7 +107,6 @@ def export_checkpoint(ckpt_path: Path, fmt: str, out: Path) -> list[Path]:
     else:
         raise AssertionError(f"unknown export format {fmt}")
     checkpoint.atomic_write(out, data)
-    vocab_path = vocab_path_for(out)
     write_vocab(vocab_path, ckpt.vocab)
     return [out, vocab_path]
 
@@ -144,12 +154,11 @@ def imported_checkpoint(weights_path: Path, fmt: str, vocab_path: Path,
 
 
 def import_weights(weights_path: Path, fmt: str, vocab_path: Path, out: Path,
-                   config_path: Path | None = None) -> checkpoint.Checkpoint:
+                   config_path: Path | None = None, force: bool = False) -> checkpoint.Checkpoint:
     """Write the imported checkpoint to the file `out`."""
-    ckpt = imported_checkpoint(weights_path, fmt, vocab_path, config_path)
     out = Path(out)
-    if not out.parent.is_dir():
-        raise CharlstmError(f"directory {out.parent} does not exist")
+    check_outputs([out], [Path(weights_path), Path(vocab_path)], force)
+    ckpt = imported_checkpoint(weights_path, fmt, vocab_path, config_path)
     checkpoint.save(out, ckpt)
     return ckpt
 

@@ -61,6 +61,11 @@ def run_with_corrupt_last(run_dir: str) -> str:
     return run_dir
 
 
+def exported(path: str) -> str:
+    assert main(["export", "--ckpt", GOOD_CKPT, "--to", "torch", path]) == 0
+    return path
+
+
 def sample(ckpt: str, *args: str) -> list[str]:
     return ["sample", "--ckpt", ckpt, "--length", "5", *args]
 
@@ -115,6 +120,14 @@ CASES = {
     "--out is an existing run": (lambda: ["train", "tiny.txt", "--out", "good", *TINY],
                                  "good already holds a run (config.yaml); choose another --out or pass --force"),
     "--resume of no run": (lambda: ["train", "--resume", "nowhere"], "--resume nowhere: no such run directory"),
+    # export and import never write over an input or, without --force, an existing file
+    "export over its own checkpoint": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "torch", GOOD_CKPT, "--force"],
+                                       "good/last.safetensors is also an input"),
+    "export over a file": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "keras", write("taken.npz", "mine")],
+                           "taken.npz already exists; choose another name or pass --force"),
+    "import over a checkpoint": (lambda: ["import", "--from", "torch", exported("w.safetensors"), "--vocab",
+                                          "w.vocab.json", "--out", "good/best.safetensors"],
+                                 "good/best.safetensors already exists"),
     # sampling
     "negative length": (lambda: sample(GOOD_CKPT, "--length", "-5"), "--length must be 0 or more, got -5"),
     "temperature zero": (lambda: sample(GOOD_CKPT, "--temperature", "0"), "use --argmax"),
