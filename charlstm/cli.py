@@ -23,6 +23,9 @@ from .data import read_corpus_with_vocab
 from .errors import CharlstmError
 
 BUNDLED_CORPUS = "corpus.txt"
+# How NumPy refuses an array larger than any machine's memory (it raises ValueError,
+# not MemoryError); both mean the sizes asked for are too large.
+NUMPY_SIZE_ERRORS = ("array is too big", "Maximum allowed dimension exceeded")
 
 
 def bundled_corpus() -> Path:
@@ -228,7 +231,9 @@ def main(argv=None) -> int:
         one_line = str(exc).replace("\n", "\\n")  # e.g. a file name holding a newline
         click.echo(f"error: {one_line}", err=True)
         return exc.exit_code
-    except MemoryError:
+    except (MemoryError, ValueError) as exc:
+        if isinstance(exc, ValueError) and not str(exc).startswith(NUMPY_SIZE_ERRORS):
+            raise  # any other ValueError is a bug
         click.echo("error: out of memory; try smaller sizes (train.batch_size, train.seq_len, "
                    "model.hidden_size or --num-samples)", err=True)
         return 1

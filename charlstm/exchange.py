@@ -72,6 +72,8 @@ def read_vocab(path: Path) -> Vocab:
     if not isinstance(chars, str) or len(chars) < 2:
         raise CharlstmError(f"vocabulary file {path} must hold {{\"chars\": \"...\"}} or a list of "
                             "single characters, at least two")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in chars):  # lone surrogates: not text
+        raise CharlstmError(f"vocabulary file {path} holds a lone surrogate, which is not a character")
     if len(set(chars)) != len(chars):
         repeated = sorted({c for c in chars if chars.count(c) > 1})
         raise CharlstmError(f"vocabulary file {path} repeats " + " ".join(repr(c) for c in repeated))

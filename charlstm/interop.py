@@ -67,6 +67,8 @@ def _get(arrays, name: str, shape: tuple[int, ...], what: str = "state dict") ->
     array = np.asarray(arrays[name])
     if array.shape != shape:
         raise CharlstmError(f"{what} entry {name} has shape {array.shape}, expected {shape}")
+    if not np.issubdtype(array.dtype, np.floating):  # e.g. strings or complex numbers
+        raise CharlstmError(f"{what} entry {name} holds {array.dtype} values, expected real floats")
     return array
 
 

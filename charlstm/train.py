@@ -273,9 +273,9 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
     val_loss (nats/char) and val_bpc.
     """
     data = load_corpus(corpus, config)
+    ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
     prepare_run_dir(run_dir, force)
     write_text(run_dir / "config.yaml", config_yaml(config))
-    ts = TrainingState.fresh(config, data.vocab.size)
     run_info = {
         "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(corpus),
         "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),

@@ -66,6 +66,14 @@ def exported(path: str) -> str:
     return path
 
 
+def keras_with_strings(path: str) -> str:
+    assert main(["export", "--ckpt", GOOD_CKPT, "--to", "keras", path]) == 0
+    weights = dict(np.load(path))
+    weights["dense/kernel"] = weights["dense/kernel"].astype(str)
+    np.savez(path, **weights)
+    return path
+
+
 def sample(ckpt: str, *args: str) -> list[str]:
     return ["sample", "--ckpt", ckpt, "--length", "5", *args]
 
@@ -128,6 +136,13 @@ CASES = {
     "import over a checkpoint": (lambda: ["import", "--from", "torch", exported("w.safetensors"), "--vocab",
                                           "w.vocab.json", "--out", "good/best.safetensors"],
                                  "good/best.safetensors already exists"),
+    "import weights of strings": (lambda: ["import", "--from", "keras", keras_with_strings("s.npz"), "--vocab",
+                                           "s.vocab.json", "--out", "new.safetensors"],
+                                  "Keras weight dense/kernel is <U"),
+    "import a vocabulary with a lone surrogate": (
+        lambda: ["import", "--from", "torch", exported("w.safetensors"), "--vocab",
+                 write("v.json", '{"chars": "ab\\ud800"}'), "--out", "new.safetensors"],
+        "vocabulary file v.json holds a lone surrogate"),
     # sampling
     "negative length": (lambda: sample(GOOD_CKPT, "--length", "-5"), "--length must be 0 or more, got -5"),
     "temperature zero": (lambda: sample(GOOD_CKPT, "--temperature", "0"), "use --argmax"),
@@ -135,6 +150,9 @@ CASES = {
     "top-k zero": (lambda: sample(GOOD_CKPT, "--top-k", "0"), "--top-k must be between 1 and the vocabulary size 19"),
     "top-k above vocabulary": (lambda: sample(GOOD_CKPT, "--top-k", "20"), "--top-k must be between 1 and"),
     "zero samples": (lambda: sample(GOOD_CKPT, "--num-samples", "0"), "--num-samples must be 1 or more, got 0"),
+    "absurdly many samples": (lambda: sample(GOOD_CKPT, "--num-samples", str(10**18)), "error: out of memory; try"),
+    "absurdly large model": (lambda: train("tiny.txt", *TINY, "--set", "model.hidden_size=10000000000"),
+                             "error: out of memory; try smaller sizes"),
     "prime outside vocabulary": (lambda: sample(GOOD_CKPT, "--prime", "the Zebra, quoth X"),
                                  "characters not in the model's vocabulary: ',' 'X' 'Z' 'q'"),
     # command line
