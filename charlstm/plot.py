@@ -8,12 +8,12 @@ or global pyplot state is involved.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CharlstmError
+from .train import read_metrics
 
 INSTALL_HINT = "plotting needs matplotlib: pip install 'charlstm[plot]'"
 
@@ -30,54 +30,32 @@ class Curves:
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    """The records of RUN_DIR/metrics.jsonl. A partial last line (a run still writing)
-    is ignored; a bad line elsewhere is refused."""
+    """The well-formed records of RUN_DIR/metrics.jsonl (see train.read_metrics)."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
     if not run_dir.is_dir():
         raise CharlstmError(f"{run_dir} is not a directory; pass run directories (they hold metrics.jsonl)")
     if not path.is_file():
         raise CharlstmError(f"{run_dir} is not a run directory: it has no metrics.jsonl")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "step" not in record:
-                raise ValueError
-        except ValueError:
-            if number == len(lines):
-                break
-            raise CharlstmError(f"{path} line {number} is not a metrics record") from None
-        records.append(record)
+    records = read_metrics(path)
     if not records:
         raise CharlstmError(f"{path} has no records yet")
     return records
 
 
 def curves_from_records(records: list[dict], label: str) -> Curves:
-    """Bits/char against step and against cumulative wall time. A resumed run starts
-    its clock again, so later segments are shifted to continue the time axis, and a
-    step logged again after a resume replaces the earlier record."""
-    by_step: dict[int, dict] = {}
-    offset = last_elapsed = 0.0
-    for record in records:
-        elapsed = float(record.get("elapsed_s", 0.0))
-        if elapsed < last_elapsed:  # a new process: continue from where the clock stood
-            offset += last_elapsed
-        last_elapsed = elapsed
-        step = int(record["step"])
-        by_step = {s: r for s, r in by_step.items() if s < step}  # drop steps being redone
-        by_step[step] = {**record, "wall_s": offset + elapsed}
+    """Bits/char against step and against wall time (elapsed_s counts training time
+    across resumes, and a resume drops the records it computes again)."""
     curves = Curves(label)
-    for step, record in by_step.items():
+    for record in records:
+        step, wall_s = record["step"], record.get("elapsed_s", 0.0)
         if "train_loss" in record:
             curves.train_step.append(step)
-            curves.train_time.append(record["wall_s"])
+            curves.train_time.append(wall_s)
             curves.train_bpc.append(record["train_loss"] / math.log(2))
         if record.get("val_loss") is not None:
             curves.val_step.append(step)
-            curves.val_time.append(record["wall_s"])
+            curves.val_time.append(wall_s)
             curves.val_bpc.append(record["val_loss"] / math.log(2))
     return curves
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import atomic_write
 from .config import config_to_dict
+from .train import read_metrics
 
 if TYPE_CHECKING:  # sweep.py imports this module, so the class is only named here
     from .sweep import PlannedRun
@@ -21,16 +22,7 @@ if TYPE_CHECKING:  # sweep.py imports this module, so the class is only named he
 
 def median_chars_per_s(run_dir: Path) -> float | None:
     """Training throughput: the median over metrics.jsonl records (evaluation excluded)."""
-    speeds = []
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            speeds.append(float(json.loads(line)["chars_per_s"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # e.g. a partial last line
+    speeds = [r["chars_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "chars_per_s" in r]
     return statistics.median(speeds) if speeds else None
 
 

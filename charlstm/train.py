@@ -340,7 +340,8 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
         ts = TrainingState.from_checkpoint(ckpt, config)
         echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
     truncate_metrics(run_dir / "metrics.jsonl", ts.step)
-    run_info["resumes"] = [*run_info.get("resumes", []), {"from_step": ts.step, "command": sys.argv}]
+    earlier = run_info.get("resumes")
+    run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []), {"from_step": ts.step, "command": sys.argv}]
     return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
 
 
@@ -352,7 +353,7 @@ def read_run_info(run_dir: Path) -> dict:
         raise CharlstmError(f"--resume {run_dir}: not a charlstm run directory (no run.json or config.yaml)")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(info, dict) or "corpus" not in info:
+        if not isinstance(info, dict) or not isinstance(info.get("corpus"), str):
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise CharlstmError(f"{path} is damaged; the run cannot be resumed from it") from None
@@ -379,19 +380,35 @@ def remove_stale_temporary_files(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records up to `step`: later ones (and a torn last line) belong to steps
-    the resumed run will compute again."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+METRIC_FIELDS = ("epoch", "train_loss", "lr", "grad_norm", "chars_per_s", "elapsed_s", "val_loss", "val_bpc")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl in order. A line that is not a well-formed record
+    (a line torn by a kill, a hand edit, bytes that are not UTF-8) is skipped."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
         try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    write_text(path, "".join(kept))
+            record = json.loads(line)
+            well_formed = (isinstance(record, dict) and type(record.get("step")) is int
+                           and all(isinstance(record.get(k, 0.0), (int, float)) for k in METRIC_FIELDS))
+        except ValueError:
+            well_formed = False
+        if well_formed:
+            records.append(record)
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to `step`: later ones belong to steps the resumed run will
+    compute again."""
+    if path.exists():
+        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
+        write_text(path, "".join(kept))
 
 
 STOP_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report
@@ -466,6 +483,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         except CharlstmError:
             pass  # the error being reported matters more than this record
 
+    for outcome in ("error", "final_val_loss"):  # of an earlier attempt at this run
+        run_info.pop(outcome, None)
     finish("running")
     log = MetricsLog(run_dir / "metrics.jsonl", train_cfg.batch_size * train_cfg.seq_len, clock)
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,

@@ -160,6 +160,12 @@ def test_resume_refuses_other_text_and_non_runs(tiny_corpus, tmp_path):
         resume(tmp_path, **QUIET)
     with pytest.raises(CharlstmError, match="no such run directory"):
         resume(tmp_path / "nowhere", **QUIET)
+    run_json = run_dir / "run.json"
+    good_json = run_json.read_text()
+    run_json.write_text(json.dumps({**json.loads(good_json), "corpus": 5}))
+    with pytest.raises(CharlstmError, match="run.json is damaged"):
+        resume(run_dir, ["train.max_steps=20"], **QUIET)
+    run_json.write_text(good_json)
     moved = tmp_path / "moved.txt"
     tiny_corpus.rename(moved)
     with pytest.raises(CharlstmError, match="no longer exists; pass the same text"):
