@@ -131,10 +131,10 @@ def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, 
 
 def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
                              rng: np.random.Generator | None = None, workspace: Workspace | None = None):
-    """`run_layers` without the layout changes at either end: returns the top outputs
-    as (T, H, B) and the final state as (h, c), each (L, H, B). With a `workspace`
-    the layers' large arrays are reused from it (see lstm.Workspace)."""
-    h0, c0 = state
+    """`run_layers` with the top outputs left feature-major, (T, H, B), as the head
+    wants them; the state goes in and out as (h, c), each (L, B, H). With a
+    `workspace` the layers' large arrays are reused from it (see lstm.Workspace)."""
+    h0, c0 = (a.transpose(0, 2, 1) for a in state)  # (L, H, B) views
     x = inputs
     layer_caches, dropout_masks = [], []
     num_layers, hidden = params.num_layers, params.hidden_size
@@ -150,7 +150,9 @@ def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout:
         if keep is not None:
             x = x * keep
         dropout_masks.append(keep)
-    return x, (final_h, final_c), layer_caches, dropout_masks
+    final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
+                   np.ascontiguousarray(final_c.transpose(0, 2, 1)))
+    return x, final_state, layer_caches, dropout_masks
 
 
 def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
@@ -160,11 +162,7 @@ def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
     Returns (top outputs (T, B, H) after dropout, final state, layer caches, dropout
     masks). dropout > 0 needs `rng`.
     """
-    h0, c0 = state
-    top, (final_h, final_c), layer_caches, dropout_masks = run_layers_feature_major(
-        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng)
-    final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
-                   np.ascontiguousarray(final_c.transpose(0, 2, 1)))
+    top, final_state, layer_caches, dropout_masks = run_layers_feature_major(params, inputs, state, dropout, rng)
     return top.transpose(0, 2, 1), final_state, layer_caches, dropout_masks
 
 
@@ -180,11 +178,8 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
-    h0, c0 = state
-    top, (final_h, final_c), layer_caches, dropout_masks = run_layers_feature_major(
-        params, inputs, (h0.transpose(0, 2, 1), c0.transpose(0, 2, 1)), dropout, rng, workspace)
-    final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
-                   np.ascontiguousarray(final_c.transpose(0, 2, 1)))
+    top, final_state, layer_caches, dropout_masks = run_layers_feature_major(
+        params, inputs, state, dropout, rng, workspace)
     # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
     head_input = columns(top)
     logits = np.ascontiguousarray((np.ascontiguousarray(params["head.W_y"].T) @ head_input).T)

@@ -81,7 +81,7 @@ class SamplingStep:
         h0, c0 = state  # (L, N, H) each
         num_samples = h0.shape[1]
         self.hidden = hidden
-        self.input_tables, self.recurrent_weights, self.biases = [], [], []
+        self.recurrent_weights, self.biases = [], [None]  # layer 0's bias is in its input table
         # inputs_and_h[k] is [h_{k-1}; h_k] for layer k (layer 0: [unused; h_0]).
         self.inputs_and_h = np.zeros((num_layers, 2 * hidden, num_samples), dtype=dtype)
         self.c = np.ascontiguousarray(c0.transpose(0, 2, 1))  # (L, H, N)
@@ -89,11 +89,11 @@ class SamplingStep:
             W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
             W_x_scaled, W_h_T_scaled, b_scaled = scaled_weights(W_x, W_h, b)
             if layer == 0:
-                self.input_tables.append(np.ascontiguousarray((W_x_scaled + b_scaled).T))  # (4H, V)
-                self.recurrent_weights.append(W_h_T_scaled)                                 # (4H, H)
+                self.input_table = np.ascontiguousarray((W_x_scaled + b_scaled).T)  # (4H, V)
+                self.recurrent_weights.append(W_h_T_scaled)                          # (4H, H)
             else:
-                self.recurrent_weights.append(np.hstack([W_x_scaled.T, W_h_T_scaled]))      # (4H, 2H)
-            self.biases.append(b_scaled[:, None].copy())
+                self.recurrent_weights.append(np.hstack([W_x_scaled.T, W_h_T_scaled]))  # (4H, 2H)
+                self.biases.append(b_scaled[:, None].copy())
             self.inputs_and_h[layer, hidden:] = h0[layer].T
         self.head_weight = np.ascontiguousarray(params["head.W_y"].T)  # (V, H)
         self.head_bias = params["head.b_y"][:, None].copy()
@@ -111,7 +111,7 @@ class SamplingStep:
             state = self.inputs_and_h[layer]
             h = state[hidden:]
             if layer == 0:
-                np.take(self.input_tables[0], ids, axis=1, out=gates)
+                np.take(self.input_table, ids, axis=1, out=gates)
                 np.matmul(self.recurrent_weights[0], h, out=self.recurrent)
                 gates += self.recurrent
             else:
