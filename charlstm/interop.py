@@ -61,9 +61,13 @@ def to_torch_state_dict(params: Params) -> dict[str, np.ndarray]:
     return state_dict
 
 
+def _missing(what: str, name: str) -> CharlstmError:
+    return CharlstmError(f"{what} lack{'' if what.endswith('s') else 's'} {name}")  # "weights lack", "dict lacks"
+
+
 def _get(arrays, name: str, shape: tuple[int, ...], what: str = "state dict") -> np.ndarray:
     if name not in arrays:
-        raise CharlstmError(f"{what} lack{'' if what.endswith('s') else 's'} {name}")
+        raise _missing(what, name)
     array = np.asarray(arrays[name])
     if array.shape != shape:
         raise CharlstmError(f"{what} entry {name} has shape {array.shape}, expected {shape}")
@@ -72,21 +76,29 @@ def _get(arrays, name: str, shape: tuple[int, ...], what: str = "state dict") ->
     return array
 
 
+def _head_and_depth(arrays, head_name: str, head_layout: str, layer_key: str, what: str):
+    """The head matrix (a 2-D float array, from which V and H follow) and the number
+    of layers L, counted as the keys layer_key.format(0), layer_key.format(1), ..."""
+    if head_name not in arrays:
+        raise _missing(what, head_name)
+    head = np.asarray(arrays[head_name])
+    if head.ndim != 2 or not np.issubdtype(head.dtype, np.floating):
+        raise CharlstmError(f"{what} entry {head_name} is {head.dtype} {head.shape}, "
+                            f"expected a float {head_layout} matrix")
+    num_layers = 0
+    while layer_key.format(num_layers) in arrays:
+        num_layers += 1
+    if num_layers == 0:
+        raise _missing(what, layer_key.format(0))
+    return head, num_layers
+
+
 def from_torch_state_dict(state_dict) -> Params:
     """Inverse of `to_torch_state_dict`; V, H and L are read from the shapes and
     b = bias_ih + bias_hh. Array-likes (NumPy arrays, CPU tensors) are accepted."""
-    if "head.weight" not in state_dict:
-        raise CharlstmError("state dict lacks head.weight")
-    head_weight = np.asarray(state_dict["head.weight"])  # (V, H)
-    if head_weight.ndim != 2 or not np.issubdtype(head_weight.dtype, np.floating):
-        raise CharlstmError(f"state dict entry head.weight is {head_weight.dtype} {head_weight.shape}, "
-                            "expected a float (V, H) matrix")
+    head_weight, num_layers = _head_and_depth(state_dict, "head.weight", "(V, H)", "lstm.weight_ih_l{}",
+                                              "state dict")
     vocab_size, hidden_size = head_weight.shape
-    num_layers = 0
-    while f"lstm.weight_ih_l{num_layers}" in state_dict:
-        num_layers += 1
-    if num_layers == 0:
-        raise CharlstmError("state dict lacks lstm.weight_ih_l0")
     if f"lstm.weight_hh_l{num_layers}" in state_dict:
         raise CharlstmError(f"state dict lacks lstm.weight_ih_l{num_layers}")
 
@@ -128,18 +140,9 @@ def to_keras_weights(params: Params) -> dict[str, np.ndarray]:
 
 def from_keras_weights(weights) -> Params:
     """Inverse of `to_keras_weights`; V, H and L are read from the shapes."""
-    if "dense/kernel" not in weights:
-        raise CharlstmError("Keras weights lack dense/kernel")
-    dense_kernel = np.asarray(weights["dense/kernel"])  # (H, V)
-    if dense_kernel.ndim != 2 or not np.issubdtype(dense_kernel.dtype, np.floating):
-        raise CharlstmError(f"Keras weight dense/kernel is {dense_kernel.dtype} {dense_kernel.shape}, "
-                            "expected a float (H, V) matrix")
+    dense_kernel, num_layers = _head_and_depth(weights, "dense/kernel", "(H, V)", "lstm_{}/kernel",
+                                               "Keras weights")
     hidden_size, vocab_size = dense_kernel.shape
-    num_layers = 0
-    while f"lstm_{num_layers}/kernel" in weights:
-        num_layers += 1
-    if num_layers == 0:
-        raise CharlstmError("Keras weights lack lstm_0/kernel")
     params = Params(param_shapes(vocab_size, hidden_size, num_layers), dense_kernel.dtype)
     names = keras_names(num_layers)
     for ours, keras in names.items():

@@ -138,7 +138,7 @@ CASES = {
                                  "good/best.safetensors already exists"),
     "import weights of strings": (lambda: ["import", "--from", "keras", keras_with_strings("s.npz"), "--vocab",
                                            "s.vocab.json", "--out", "new.safetensors"],
-                                  "Keras weight dense/kernel is <U"),
+                                  "Keras weights entry dense/kernel is <U"),
     "import a vocabulary with a lone surrogate": (
         lambda: ["import", "--from", "torch", exported("w.safetensors"), "--vocab",
                  write("v.json", '{"chars": "ab\\ud800"}'), "--out", "new.safetensors"],
