@@ -31,9 +31,9 @@ def phase_seconds(stats: pstats.Stats) -> dict[str, float]:
         return cumulative_seconds(stats, module, function)
 
     return {
-        "input projections": cum("lstm", "scaled_weights") + cum("lstm", "input_projection"),
-        "recurrent loop forward": cum("lstm", "recurrence_forward"),
-        "head and loss (forward)": cum("model", "forward") - cum("model", "run_layers_feature_major"),
+        "input projections": cum("lstm", "prepare_layer") + cum("lstm", "input_projection"),
+        "recurrent loop forward": cum("lstm", "layer_forward") - cum("lstm", "input_projection"),
+        "head and loss (forward)": cum("model", "forward") - cum("model", "run_layers") - cum("model", "prepare_layers"),
         "backward loop": cum("lstm", "recurrence_backward"),
         "weight-gradient products": cum("lstm", "weight_gradients"),
         "head backward": cum("model", "backward") - cum("lstm", "layer_backward"),

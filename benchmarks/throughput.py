@@ -52,8 +52,7 @@ if ARGS is not None:
 import numpy as np  # noqa: E402  (after the thread settings on purpose)
 
 from charlstm.data import Vocab  # noqa: E402
-from charlstm.lstm import Workspace  # noqa: E402
-from charlstm.model import backward, forward, init_params, zero_state  # noqa: E402
+from charlstm.model import ModelBuffers, backward, forward, init_params, zero_state  # noqa: E402
 from charlstm.optim import Adam, clip_global_norm  # noqa: E402
 from charlstm.sample import generate  # noqa: E402
 
@@ -115,14 +114,14 @@ def charlstm_step_fn(cfg: Config, seed: int = 0):
     optimizer = Adam(params.flat.size)
     windows = rng.integers(0, VOCAB_SIZE, (8, cfg.seq_len + 1, cfg.batch))
     state = {"carried": zero_state(cfg.layers, cfg.batch, cfg.hidden), "k": 0}
-    workspace = Workspace()  # as train.train_step does
+    buffers = ModelBuffers()  # as train.train_step does
 
     def step() -> float:
         window = windows[state["k"] % len(windows)]
         state["k"] += 1
         loss, state["carried"], cache = forward(params, window[:-1], window[1:], state["carried"],
-                                                workspace=workspace)
-        backward(params, cache, grads, workspace=workspace)
+                                                buffers=buffers)
+        backward(params, cache, grads, buffers=buffers)
         clip_global_norm(grads.flat, 5.0)
         optimizer.step(params.flat, grads.flat, 2e-3)
         return loss

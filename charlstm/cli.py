@@ -120,7 +120,7 @@ def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_sampl
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate_command(ckpt_path, file, as_json):
     """Mean loss of a checkpoint over every character of FILE, with state carried."""
-    from .train import evaluate
+    from .evaluate import evaluate
 
     ckpt = checkpoint.load(ckpt_path)
     ids = read_corpus_with_vocab(file, ckpt.config.data.encoding, ckpt.vocab)

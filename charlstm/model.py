@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lstm import LSTMCache, Workspace, columns, layer_backward, layer_forward
+from .lstm import LayerBuffers, LSTMCache, PreparedLayer, columns, layer_backward, layer_forward, prepare_layer
 
 
 def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
@@ -42,7 +42,8 @@ class Params:
     def __init__(self, shapes: dict[str, tuple[int, ...]], dtype=np.float32, flat: np.ndarray | None = None):
         total = sum(int(np.prod(s)) for s in shapes.values())
         self.flat = np.zeros(total, dtype=dtype) if flat is None else flat
-        assert self.flat.shape == (total,), "flat buffer does not match the shapes"
+        if self.flat.shape != (total,):
+            raise ValueError(f"flat buffer of shape {self.flat.shape} does not hold the {total} parameters")
         self.shapes = dict(shapes)
         self.views: dict[str, np.ndarray] = {}
         offset = 0
@@ -109,9 +110,31 @@ def zero_state(num_layers: int, batch_size: int, hidden_size: int, dtype=np.floa
     return np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=dtype)
 
 
+def prepare_layers(params: Params) -> list[PreparedLayer]:
+    """Every layer's weights as the time loop steps them (see lstm.prepare_layer);
+    layer 0 reads character ids through its gather table."""
+    return [prepare_layer(params[f"lstm.{layer}.W_x"], params[f"lstm.{layer}.W_h"], params[f"lstm.{layer}.b"],
+                          takes_ids=layer == 0)
+            for layer in range(params.num_layers)]
+
+
+class ModelBuffers:
+    """One lstm.LayerBuffers per layer, reused by a training loop from step to step
+    (the previous step's cache lives in them until the next step overwrites it)."""
+
+    def __init__(self):
+        self.layers: list[LayerBuffers] = []
+
+    def for_layers(self, num_layers: int) -> list[LayerBuffers]:
+        while len(self.layers) < num_layers:
+            self.layers.append(LayerBuffers())
+        return self.layers[:num_layers]
+
+
 @dataclass
 class ModelCache:
     layers: list[LSTMCache]                 # feature-major, see lstm.py
+    prepared: list[PreparedLayer]           # the weights the forward stepped
     dropout_masks: list[np.ndarray | None]  # per layer output, (T, H, B) scaled by 1/(1-p)
     head_input: np.ndarray                  # (H, T*B) top outputs after dropout, as columns
     probs: np.ndarray                       # (T*B, V) softmax
@@ -129,20 +152,23 @@ def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, 
     return mask
 
 
-def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
-                             rng: np.random.Generator | None = None, workspace: Workspace | None = None):
-    """`run_layers` with the top outputs left feature-major, (T, H, B), as the head
-    wants them; the state goes in and out as (h, c), each (L, B, H). With a
-    `workspace` the layers' large arrays are reused from it (see lstm.Workspace)."""
+def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout: float = 0.0,
+               rng: np.random.Generator | None = None, buffers: ModelBuffers | None = None):
+    """Run the LSTM stack over ids `inputs` (T, B) from state (h, c), each (L, B, H).
+
+    Returns (top outputs feature-major (T, H, B) after dropout, the final state (h, c)
+    each (L, B, H), the layer caches, the dropout masks). dropout > 0 needs `rng`.
+    """
     h0, c0 = (a.transpose(0, 2, 1) for a in state)  # (L, H, B) views
+    num_layers, hidden = len(prepared), prepared[0].hidden_size
+    layer_buffers = (buffers or ModelBuffers()).for_layers(num_layers)
+    dtype = prepared[0].W_h.dtype
+    final_h = np.empty((num_layers, hidden, inputs.shape[1]), dtype=dtype)
+    final_c = np.empty_like(final_h)
     x = inputs
     layer_caches, dropout_masks = [], []
-    num_layers, hidden = params.num_layers, params.hidden_size
-    final_h = np.empty((num_layers, hidden, inputs.shape[1]), dtype=params.flat.dtype)
-    final_c = np.empty_like(final_h)
     for layer in range(num_layers):
-        W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
-        cache = layer_forward(x, h0[layer], c0[layer], W_x, W_h, b, workspace, f"lstm.{layer}.")
+        cache = layer_forward(prepared[layer], x, h0[layer], c0[layer], layer_buffers[layer])
         layer_caches.append(cache)
         final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
         x = cache.h[1:]
@@ -155,31 +181,20 @@ def run_layers_feature_major(params: Params, inputs: np.ndarray, state, dropout:
     return x, final_state, layer_caches, dropout_masks
 
 
-def run_layers(params: Params, inputs: np.ndarray, state, dropout: float = 0.0,
-               rng: np.random.Generator | None = None):
-    """Run the LSTM stack over ids `inputs` (T, B) from state (h, c), each (L, B, H).
-
-    Returns (top outputs (T, B, H) after dropout, final state, layer caches, dropout
-    masks). dropout > 0 needs `rng`.
-    """
-    top, final_state, layer_caches, dropout_masks = run_layers_feature_major(params, inputs, state, dropout, rng)
-    return top.transpose(0, 2, 1), final_state, layer_caches, dropout_masks
-
-
 def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
             dropout: float = 0.0, rng: np.random.Generator | None = None,
-            mask: np.ndarray | None = None, workspace: Workspace | None = None):
+            mask: np.ndarray | None = None, buffers: ModelBuffers | None = None):
     """Mean cross-entropy (nats/char) of predicting `targets` from `inputs`.
 
     inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 needs
     `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
-    workspace: optional lstm.Workspace reused from step to step (the cache then lives
-    in it until the next call with the same workspace).
+    buffers: optional ModelBuffers reused from step to step (the cache then lives in
+    them until the next call with the same buffers).
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
-    top, final_state, layer_caches, dropout_masks = run_layers_feature_major(
-        params, inputs, state, dropout, rng, workspace)
+    prepared = prepare_layers(params)
+    top, final_state, layer_caches, dropout_masks = run_layers(prepared, inputs, state, dropout, rng, buffers)
     # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
     head_input = columns(top)
     logits = np.ascontiguousarray((np.ascontiguousarray(params["head.W_y"].T) @ head_input).T)
@@ -200,15 +215,15 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
         count = float(flat_mask.sum())
         weights = flat_mask.astype(dtype) / dtype.type(count)
         loss = float((nll * flat_mask).sum(dtype=np.float64) / count)
-    cache = ModelCache(layer_caches, dropout_masks, head_input, probs, flat_targets, weights, count)
+    cache = ModelCache(layer_caches, prepared, dropout_masks, head_input, probs, flat_targets, weights, count)
     return loss, final_state, cache
 
 
 def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
-             workspace: Workspace | None = None):
+             buffers: ModelBuffers | None = None):
     """Fill `grads` (same names as `params`) with d loss / d param; return the
     gradient of the initial state (d_h0, d_c0), each (L, B, H). d_state optionally
-    adds gradient at the final state (used by the gradient check); workspace as in
+    adds gradient at the final state (used by the gradient check); buffers as in
     `forward`."""
     d_logits = cache.probs.copy()
     d_logits[np.arange(len(cache.targets)), cache.targets] -= 1.0
@@ -223,6 +238,7 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
     d_x = (params["head.W_y"] @ d_logits.T).reshape(hidden, time, batch).transpose(1, 0, 2)
 
     num_layers = params.num_layers
+    layer_buffers = (buffers or ModelBuffers()).for_layers(num_layers)
     d_h0 = np.empty((num_layers, batch, hidden), dtype=d_x.dtype)
     d_c0 = np.empty_like(d_h0)
     for layer in range(num_layers - 1, -1, -1):
@@ -232,8 +248,17 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
         if d_state is not None:
             d_h_last, d_c_last = d_state[0][layer].T, d_state[1][layer].T
         d_x, d_h0_layer, d_c0_layer = layer_backward(
-            d_x, cache.layers[layer], params[f"lstm.{layer}.W_x"], params[f"lstm.{layer}.W_h"],
+            cache.prepared[layer], cache.layers[layer], d_x,
             (grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
-            d_h_last, d_c_last, need_d_x=layer > 0, workspace=workspace, name=f"lstm.{layer}.")
+            d_h_last, d_c_last, need_d_x=layer > 0, buffers=layer_buffers[layer])
         d_h0[layer], d_c0[layer] = d_h0_layer.T, d_c0_layer.T
     return d_h0, d_c0
+
+
+def logits(params: Params, inputs: np.ndarray, state) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Next-character logits (T, B, V) for ids `inputs` (T, B) read from state (h, c),
+    each (L, B, H), and the final state: the model as a scorer, without a loss."""
+    top, final_state, _, _ = run_layers(prepare_layers(params), inputs, state)
+    time, hidden, batch = top.shape
+    head = columns(top).T @ params["head.W_y"] + params["head.b_y"]  # (T*B, V)
+    return head.reshape(time, batch, -1), final_state

@@ -8,8 +8,8 @@ import numpy as np
 
 from .data import Vocab
 from .errors import CharlstmError
-from .lstm import cell_forward, scaled_weights
-from .model import Params, run_layers, zero_state
+from . import kernels
+from .model import Params, prepare_layers, run_layers, zero_state
 
 
 def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
@@ -60,41 +60,27 @@ def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
     state = zero_state(params.num_layers, num_samples, params.hidden_size, params.flat.dtype)
     inputs = np.repeat(prime_ids[:, None], num_samples, axis=1)  # (T, N)
     if len(prime_ids) > 1:  # read all but the last prime character in one window
-        _, state, _, _ = run_layers(params, inputs[:-1], state)
+        _, state, _, _ = run_layers(prepare_layers(params), inputs[:-1], state)
     stepper = SamplingStep(params, state)
     return _sample_steps(stepper, vocab, inputs[-1], length, temperature, top_k, argmax, rng)
 
 
 class SamplingStep:
-    """The model advanced one character at a time for N streams, kept lean because at
-    N=1 the per-step overhead is the cost: weights are scaled, transposed and
-    concatenated once, the state is feature-major (H, N) as in lstm.py, and every
-    array a step writes is allocated here.
-
-    Layer k > 0 computes its gates with one product, [W_x^T | W_h^T] (4H, 2H) @
-    [h_{k-1}; h_k] (2H, N); layer 0 gathers its input columns by id.
+    """The model advanced one character at a time for N streams, stepping the same
+    prepared layers and kernel set as training (model.prepare_layers,
+    kernels.current()). Kept lean because at N=1 the per-step overhead is the cost:
+    the weights are prepared once, the state is feature-major (H, N) as in lstm.py,
+    and every array a step writes is allocated here.
     """
 
     def __init__(self, params: Params, state):
         dtype = params.flat.dtype
-        num_layers, hidden = params.num_layers, params.hidden_size
         h0, c0 = state  # (L, N, H) each
-        num_samples = h0.shape[1]
-        self.hidden = hidden
-        self.recurrent_weights, self.biases = [], [None]  # layer 0's bias is in its input table
-        # inputs_and_h[k] is [h_{k-1}; h_k] for layer k (layer 0: [unused; h_0]).
-        self.inputs_and_h = np.zeros((num_layers, 2 * hidden, num_samples), dtype=dtype)
-        self.c = np.ascontiguousarray(c0.transpose(0, 2, 1))  # (L, H, N)
-        for layer in range(num_layers):
-            W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
-            W_x_scaled, W_h_T_scaled, b_scaled = scaled_weights(W_x, W_h, b)
-            if layer == 0:
-                self.input_table = np.ascontiguousarray((W_x_scaled + b_scaled).T)  # (4H, V)
-                self.recurrent_weights.append(W_h_T_scaled)                          # (4H, H)
-            else:
-                self.recurrent_weights.append(np.hstack([W_x_scaled.T, W_h_T_scaled]))  # (4H, 2H)
-                self.biases.append(b_scaled[:, None].copy())
-            self.inputs_and_h[layer, hidden:] = h0[layer].T
+        num_samples, hidden = h0.shape[1], params.hidden_size
+        self.layers = prepare_layers(params)
+        self.cell = kernels.current()
+        self.h = np.ascontiguousarray(h0.transpose(0, 2, 1))  # (L, H, N)
+        self.c = np.ascontiguousarray(c0.transpose(0, 2, 1))
         self.head_weight = np.ascontiguousarray(params["head.W_y"].T)  # (V, H)
         self.head_bias = params["head.b_y"][:, None].copy()
         self.gates = np.empty((4 * hidden, num_samples), dtype=dtype)
@@ -105,22 +91,18 @@ class SamplingStep:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Feed one id per stream, (N,); return the next-character logits, (V, N)."""
-        hidden, gates = self.hidden, self.gates
-        num_layers = len(self.recurrent_weights)
-        for layer in range(num_layers):
-            state = self.inputs_and_h[layer]
-            h = state[hidden:]
-            if layer == 0:
-                np.take(self.input_table, ids, axis=1, out=gates)
-                np.matmul(self.recurrent_weights[0], h, out=self.recurrent)
-                gates += self.recurrent
+        gates, recurrent = self.gates, self.recurrent
+        for index, layer in enumerate(self.layers):
+            # the input projection first, then the recurrent product: training's order
+            if index == 0:
+                np.take(layer.input_table, ids, axis=1, out=gates)
             else:
-                np.matmul(self.recurrent_weights[layer], state, out=gates)
-                gates += self.biases[layer]
-            cell_forward(gates, self.c[layer], self.c[layer], self.tanh_c, h, self.scratch)
-            if layer + 1 < num_layers:
-                self.inputs_and_h[layer + 1, :hidden] = h
-        np.matmul(self.head_weight, self.inputs_and_h[-1, hidden:], out=self.logits)
+                np.matmul(layer.input_scaled.T, self.h[index - 1], out=gates)
+                gates += layer.bias_scaled[:, None]
+            np.matmul(layer.recurrent_T, self.h[index], out=recurrent)
+            gates += recurrent
+            self.cell.cell_forward(gates, self.c[index], self.c[index], self.tanh_c, self.h[index], self.scratch)
+        np.matmul(self.head_weight, self.h[-1], out=self.logits)
         self.logits += self.head_bias
         return self.logits
 

@@ -35,8 +35,8 @@ from .config import Config, config_to_dict, config_yaml, load_config
 from .data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
                    read_corpus, split_train_val)
 from .errors import CharlstmError
-from .lstm import Workspace
-from .model import Params, backward, forward, init_params, zero_state
+from .evaluate import evaluate
+from .model import ModelBuffers, Params, backward, forward, init_params, zero_state
 from .optim import Adam, clip_global_norm, learning_rate
 from .sample import generate
 
@@ -61,19 +61,6 @@ def make_rngs(seed: int) -> dict[str, np.random.Generator]:
     """Independent generators per purpose, all derived from the one config seed."""
     children = np.random.SeedSequence(seed).spawn(len(RNG_NAMES))
     return {name: np.random.default_rng(child) for name, child in zip(RNG_NAMES, children)}
-
-
-def evaluate(params: Params, ids: np.ndarray, batch_size: int, seq_len: int) -> float:
-    """Mean loss in nats/char over every next-character prediction in `ids`,
-    streamed as `batch_size` contiguous streams with state carried."""
-    batch_size = min(batch_size, len(ids) - 1)  # never more streams than predictions
-    state = zero_state(params.num_layers, batch_size, params.hidden_size, params.flat.dtype)
-    total, count = 0.0, 0.0
-    for inputs, targets, mask in eval_windows(ids, batch_size, seq_len):
-        loss, state, cache = forward(params, inputs, targets, state, mask=mask)
-        total += loss * cache.count
-        count += cache.count
-    return total / count
 
 
 def prepare_run_dir(run_dir: Path, force: bool) -> None:
@@ -123,8 +110,8 @@ class TrainingState:
     # so the steps already planned stay exactly as they were.
     schedule_steps: int = 0
     # The large per-window arrays of train_step, reused from one step to the next (a
-    # step no longer needs the previous step's caches); not checkpointed. See lstm.Workspace.
-    workspace: Workspace = field(default_factory=Workspace, repr=False)
+    # step no longer needs the previous step's caches); not checkpointed. See lstm.LayerBuffers.
+    buffers: ModelBuffers = field(default_factory=ModelBuffers, repr=False)
 
     @classmethod
     def fresh(cls, config: Config, vocab_size: int) -> TrainingState:
@@ -185,8 +172,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
         ts.carried = tuple(np.zeros_like(a) for a in ts.carried)
     inputs, targets = get_window(streams, window, train_cfg.seq_len)
     loss, next_state, cache = forward(ts.params, inputs, targets, ts.carried,
-                                      config.model.dropout, ts.rngs["dropout"], workspace=ts.workspace)
-    backward(ts.params, cache, grads, workspace=ts.workspace)
+                                      config.model.dropout, ts.rngs["dropout"], buffers=ts.buffers)
+    backward(ts.params, cache, grads, buffers=ts.buffers)
     grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from charlstm.config import load_config
+from charlstm.lstm import layer_backward, layer_forward, prepare_layer
 
 
 def write_tiny_corpus(directory: Path) -> Path:
@@ -47,3 +48,14 @@ def numeric_gradient(objective, array, eps=1e-5):
         array[index] = saved
         gradient[index] = (plus - minus) / (2 * eps)
     return gradient
+
+
+def fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T, buffers=None):
+    """lstm.py's layer through a time-major interface, as reference.py takes it."""
+    layer = prepare_layer(W_x, W_h, b, takes_ids=False)
+    cache = layer_forward(layer, np.ascontiguousarray(x.transpose(0, 2, 1)), h0.T, c0.T, buffers)
+    outputs = cache.h[1:].transpose(0, 2, 1).copy()
+    final = cache.h[-1].T.copy(), cache.c[-1].T.copy()
+    grads = (np.empty_like(W_x), np.empty_like(W_h), np.empty_like(b))
+    d_x, d_h0, d_c0 = layer_backward(layer, cache, d_out.transpose(0, 2, 1), grads, d_h_T.T, d_c_T.T, True, buffers)
+    return outputs, final, d_x.transpose(0, 2, 1), d_h0.T, d_c0.T, grads

@@ -10,7 +10,7 @@ from cli_helpers import TINY_RUN, one_error_line
 from charlstm import checkpoint
 from charlstm.cli import main
 from charlstm.exchange import read_vocab, vocab_path_for
-from charlstm.model import run_layers, zero_state
+from charlstm.model import logits, zero_state
 from charlstm.train import TrainingState
 
 
@@ -26,8 +26,7 @@ def trained_ckpt(tmp_path_factory):
 
 def charlstm_logits(params, ids):
     state = zero_state(params.num_layers, ids.shape[1], params.hidden_size, params.flat.dtype)
-    top, _, _, _ = run_layers(params, ids, state)
-    return top @ params["head.W_y"] + params["head.b_y"]
+    return logits(params, ids, state)[0]
 
 
 def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp_path, capsys, record_property):

@@ -11,7 +11,7 @@ from charlstm.interop import (
     to_keras_weights,
     to_tf1_lstm_cell,
 )
-from charlstm.model import init_params, run_layers
+from charlstm.model import init_params, logits
 
 VOCAB, HIDDEN, LAYERS, STEPS, BATCH = 9, 5, 2, 6, 3
 
@@ -32,8 +32,7 @@ def problem(seed=0):
 
 
 def charlstm_logits(params, ids, h0, c0):
-    top, _, _, _ = run_layers(params, ids, (h0.copy(), c0.copy()))
-    return top @ params["head.W_y"] + params["head.b_y"]
+    return logits(params, ids, (h0.copy(), c0.copy()))[0]
 
 
 def keras_lstm_layer(x, kernel, recurrent_kernel, bias, h, c):

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from charlstm.lstm import Workspace
-from charlstm.model import Params, backward, forward, init_params, param_shapes, zero_state
+from charlstm.model import ModelBuffers, Params, backward, forward, init_params, param_shapes, zero_state
 from conftest import numeric_gradient
 
 
@@ -95,27 +94,34 @@ def test_dropout_is_inverted_and_off_without_a_rate():
     assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.75)}
     assert abs((mask == 0).mean() - 0.25) < 0.02
     assert abs(mask.mean() - 1.0) < 0.03  # expectation preserved
-    loss_a, _, _ = forward(params, inputs, targets, state)
-    loss_b, _, _ = forward(params, inputs, targets, state)
-    assert loss_a == loss_b
+    rng = np.random.default_rng(1)
+    drawn_before = rng.bit_generator.state
+    _, _, cache = forward(params, inputs, targets, state, dropout=0.0, rng=rng)
+    assert cache.dropout_masks == [None, None]
+    assert rng.bit_generator.state == drawn_before  # evaluation draws no mask at all
 
 
-def test_a_reused_workspace_gives_bitwise_the_same_steps_as_fresh_arrays():
+def test_reused_buffers_give_bitwise_the_same_steps_as_fresh_arrays():
     rng = np.random.default_rng(11)
     params = perturbed_model(rng, dtype=np.float32)
     state = zero_state(2, 4, 5, np.float32)
     windows = [(rng.integers(0, 7, (6, 4)), rng.integers(0, 7, (6, 4))) for _ in range(3)]
-    workspace = Workspace()
+    buffers = ModelBuffers()
     fresh_state, reused_state = state, state
-    for inputs, targets in windows:  # shapes repeat, so the workspace arrays are reused
+    for inputs, targets in windows:  # shapes repeat, so the buffers are reused
         fresh_grads, reused_grads = params.zeros_like(), params.zeros_like()
         loss_a, fresh_state, cache_a = forward(params, inputs, targets, fresh_state)
         backward(params, cache_a, fresh_grads)
-        loss_b, reused_state, cache_b = forward(params, inputs, targets, reused_state, workspace=workspace)
-        backward(params, cache_b, reused_grads, workspace=workspace)
+        loss_b, reused_state, cache_b = forward(params, inputs, targets, reused_state, buffers=buffers)
+        backward(params, cache_b, reused_grads, buffers=buffers)
         assert loss_a == loss_b
         assert np.array_equal(fresh_grads.flat, reused_grads.flat)
         assert all(np.array_equal(a, b) for a, b in zip(fresh_state, reused_state))
-    top_h = cache_b.layers[1].h  # the arrays really come from the workspace
-    assert workspace.empty("lstm.1.h", top_h.shape, top_h.dtype) is top_h
+    assert cache_b.layers[1].h is buffers.layers[1].h  # the arrays really come from the buffers
 
+
+
+def test_a_flat_buffer_of_the_wrong_size_is_refused_even_under_python_O():
+    shapes = param_shapes(5, 3, 1)
+    with pytest.raises(ValueError, match="does not hold"):
+        Params(shapes, np.float32, np.zeros(7, np.float32))

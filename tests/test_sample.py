@@ -3,7 +3,7 @@ import pytest
 
 from charlstm.data import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.model import init_params, run_layers, zero_state
+from charlstm.model import init_params, logits, zero_state
 from charlstm.sample import draw, generate, next_char_probs
 
 VOCAB = Vocab("\n abcdefgh")
@@ -37,9 +37,8 @@ def test_generation_follows_the_model_step_by_step(params):
     prime = "ab c"
     out = text(params, length=15, prime=prime, argmax=True)
     ids = VOCAB.encode(prime + out).astype(np.intp)[:, None]
-    top, _, _, _ = run_layers(params, ids, zero_state(2, 1, 12))
-    logits = top[:, 0] @ params["head.W_y"] + params["head.b_y"]
-    predicted = VOCAB.decode(logits.argmax(axis=1)[len(prime) - 1:-1])
+    scores = logits(params, ids, zero_state(2, 1, 12))[0][:, 0]
+    predicted = VOCAB.decode(scores.argmax(axis=1)[len(prime) - 1:-1])
     assert predicted == out
 
 
@@ -64,9 +63,8 @@ def test_batched_sampling_follows_the_model_for_every_sample(params):
                           num_samples=4))
     samples = ["a" + "".join(step[n] for step in steps) for n in range(4)]
     ids = np.stack([VOCAB.encode(s).astype(np.intp) for s in samples], axis=1)  # (T, N)
-    top, _, _, _ = run_layers(params, ids, zero_state(2, 4, 12))
-    logits = top @ params["head.W_y"] + params["head.b_y"]  # (T, N, V)
-    probs = np.exp(logits / 0.5 - (logits / 0.5).max(axis=2, keepdims=True))
+    scores = logits(params, ids, zero_state(2, 4, 12))[0]  # (T, N, V)
+    probs = np.exp(scores / 0.5 - (scores / 0.5).max(axis=2, keepdims=True))
     probs /= probs.sum(axis=2, keepdims=True)
     chosen = np.take_along_axis(probs[:-1], ids[1:, :, None], axis=2)
     assert chosen.min() > 1e-4  # never a character the model all but rules out

@@ -10,8 +10,8 @@ import pytest
 
 from charlstm.errors import CharlstmError
 from charlstm.interop import from_torch_state_dict, to_torch_state_dict
-from charlstm.lstm import lstm_backward, lstm_forward
 from charlstm.model import Params, backward, forward, init_params
+from conftest import fast_layer
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -68,7 +68,7 @@ def run_both(dtype):
     loss, (h_final, c_final), cache = forward(params, inputs, targets, (h0, c0))
     grads = params.zeros_like()
     d_h0, d_c0 = backward(params, cache, grads)
-    ours = dict(outputs=cache.layers[-1].outputs, h_final=h_final, c_final=c_final, loss=loss,
+    ours = dict(outputs=cache.layers[-1].h[1:].transpose(0, 2, 1), h_final=h_final, c_final=c_final, loss=loss,
                 d_h0=d_h0, d_c0=d_c0, grads=to_torch_state_dict(grads))
     # PyTorch's two biases each receive the gradient of their sum, our b.
     for layer in range(LAYERS):
@@ -166,8 +166,9 @@ def test_layer_on_dense_inputs_matches_single_layer_torch_lstm(record_property):
     W_h = rng.normal(0.0, 0.5, (hidden, 4 * hidden)).astype(np.float32)
     b = rng.normal(0.0, 0.5, 4 * hidden).astype(np.float32)
     d_outputs = rng.normal(size=(STEPS, BATCH, hidden)).astype(np.float32)
-    outputs, (h_last, c_last), cache = lstm_forward(x, h0, c0, W_x, W_h, b)
-    d_x, d_h0, d_c0, (dW_x, dW_h, db) = lstm_backward(d_outputs, cache, W_x, W_h)
+    zeros = np.zeros_like(h0)
+    outputs, (h_last, c_last), d_x, d_h0, d_c0, (dW_x, dW_h, db) = fast_layer(
+        x, h0, c0, W_x, W_h, b, d_outputs, zeros, zeros)
 
     layer = nn.LSTM(input_size, hidden)
     layer.load_state_dict({"weight_ih_l0": torch.from_numpy(W_x.T.copy()),

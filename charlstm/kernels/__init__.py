@@ -1,0 +1,86 @@
+"""Kernel sets: the per-step cell math behind one boundary.
+
+The layer loop (charlstm/lstm.py) owns the matrix products and the buffers; a kernel
+set owns the pointwise work of one time step, the part that NumPy runs as one ufunc
+per operation. Every set provides the same two functions with the same in-place
+contract, documented on the readable NumPy set (numpy_cell.py):
+
+    cell_forward(gates, c_prev, c, tanh_c, h, scratch)
+    cell_backward(gates, c_prev, tanh_c, d_h, d_c, d_z)
+
+The model, the training loop, evaluation and sampling never name a set: they call
+`current()`. The set is chosen here and only here (`use`), so a compiled set or a
+GPU set is added by registering it in `_loaders`, without touching anything else.
+Every set is tested against charlstm/reference.py, the textbook LSTM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..errors import CharlstmError
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    name: str
+    cell_forward: Callable
+    cell_backward: Callable
+
+
+def _numpy() -> KernelSet:
+    from . import numpy_cell
+    return KernelSet("numpy", numpy_cell.cell_forward, numpy_cell.cell_backward)
+
+
+# name -> loader; a loader raises ImportError when its set cannot run here. `auto`
+# takes the first set in this order that loads.
+_loaders: dict[str, Callable[[], KernelSet]] = {"numpy": _numpy}
+_current: KernelSet = _numpy()
+
+
+def names() -> list[str]:
+    """Every selectable name, `auto` first."""
+    return ["auto", *_loaders]
+
+
+def load(name: str) -> KernelSet:
+    """The kernel set called `name` (or the best available for `auto`); a CharlstmError
+    in one line if it is unknown or cannot run here."""
+    if name == "auto":
+        for candidate in _loaders:
+            try:
+                return _loaders[candidate]()
+            except ImportError:
+                continue
+    if name not in _loaders:
+        raise CharlstmError(f"unknown kernel set {name!r}; choose one of {', '.join(names())}")
+    try:
+        return _loaders[name]()
+    except ImportError as exc:
+        raise CharlstmError(f"the {name} kernel set cannot run here ({exc})") from None
+
+
+def current() -> KernelSet:
+    """The set the layers step with."""
+    return _current
+
+
+def use(name: str) -> KernelSet:
+    """Select the set every later step uses; returns it."""
+    global _current
+    _current = load(name)
+    return _current
+
+
+@contextmanager
+def using(name: str) -> Iterator[KernelSet]:
+    """Select a set for the duration of a `with` block (tests, benchmarks)."""
+    global _current
+    previous = _current
+    try:
+        yield use(name)
+    finally:
+        _current = previous

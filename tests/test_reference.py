@@ -1,0 +1,83 @@
+"""The readable LSTM (charlstm/reference.py) against finite differences, and the fast
+path (lstm.py, model.py, the current kernel set) against it."""
+
+import numpy as np
+import pytest
+
+from charlstm import reference
+from charlstm.model import backward, forward, init_params
+from conftest import numeric_gradient
+
+
+def random_params(rng, vocab=7, hidden=4, layers=2):
+    params = init_params(vocab, hidden, layers, 1.0, rng, np.float64)
+    params.flat += rng.normal(scale=0.3, size=params.flat.shape)  # nonzero biases, varied gates
+    return params
+
+
+def relative_error(analytic, numeric):
+    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
+
+
+def test_step_backward_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    B, D, H = 3, 4, 5
+    x, h, c = rng.normal(size=(B, D)), rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    W_x, W_h, b = rng.normal(scale=0.5, size=(D, 4 * H)), rng.normal(scale=0.5, size=(H, 4 * H)), rng.normal(size=4 * H)
+    d_h, d_c = rng.normal(size=(B, H)), rng.normal(size=(B, H))
+
+    def objective():
+        h_t, c_t, _ = reference.step_forward(x, h, c, W_x, W_h, b)
+        return np.sum(h_t * d_h) + np.sum(c_t * d_c)
+
+    _, _, cache = reference.step_forward(x, h, c, W_x, W_h, b)
+    d_x, d_h_prev, d_c_prev, (dW_x, dW_h, db) = reference.step_backward(d_h, d_c, cache, W_x, W_h)
+    for array, analytic in [(x, d_x), (h, d_h_prev), (c, d_c_prev), (W_x, dW_x), (W_h, dW_h), (b, db)]:
+        np.testing.assert_allclose(analytic, numeric_gradient(objective, array, 1e-6), rtol=1e-6, atol=1e-9)
+
+
+def test_model_gradients_match_finite_differences_for_every_tensor_and_the_initial_state():
+    rng = np.random.default_rng(1)
+    vocab, hidden, layers, T, B = 7, 4, 2, 5, 3
+    params = random_params(rng, vocab, hidden, layers)
+    named = {name: params[name] for name in params.names()}
+    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
+    h0, c0 = rng.normal(scale=0.5, size=(2, layers, B, hidden))
+    masks = [(rng.random((T, B, hidden)) > 0.3) / 0.7 for _ in range(layers)]
+
+    def loss():
+        return reference.model_forward(named, ids, targets, (h0, c0), masks)[0]
+
+    _, _, cache = reference.model_forward(named, ids, targets, (h0, c0), masks)
+    grads, (d_h0, d_c0) = reference.model_backward(named, cache)
+    worst = {name: relative_error(grads[name], numeric_gradient(loss, named[name])).max() for name in named}
+    worst["h0"] = relative_error(d_h0, numeric_gradient(loss, h0)).max()
+    worst["c0"] = relative_error(d_c0, numeric_gradient(loss, c0)).max()
+    assert set(worst) == set(params.names()) | {"h0", "c0"}
+    assert max(worst.values()) < 1e-5, worst
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fast_model_equals_the_reference_in_loss_state_and_every_gradient(dtype, tolerance, dropout):
+    rng = np.random.default_rng(2)
+    vocab, hidden, layers, T, B = 9, 6, 3, 7, 4
+    params = random_params(rng, vocab, hidden, layers).astype(dtype)
+    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
+    state = tuple(rng.normal(scale=0.5, size=(layers, B, hidden)).astype(dtype) for _ in range(2))
+
+    loss, final_state, cache = forward(params, ids, targets, state, dropout=dropout, rng=np.random.default_rng(3))
+    grads = params.zeros_like()
+    d_h0, d_c0 = backward(params, cache, grads)
+
+    masks = None if dropout == 0 else [m.transpose(0, 2, 1).astype(np.float64) for m in cache.dropout_masks]
+    named = {name: params[name].astype(np.float64) for name in params.names()}
+    as64 = tuple(a.astype(np.float64) for a in state)
+    ref_loss, ref_state, ref_cache = reference.model_forward(named, ids, targets, as64, masks)
+    ref_grads, (ref_d_h0, ref_d_c0) = reference.model_backward(named, ref_cache)
+
+    assert loss == pytest.approx(ref_loss, rel=tolerance)
+    for ours, theirs in [*zip(final_state, ref_state), (d_h0, ref_d_h0), (d_c0, ref_d_c0),
+                         *((grads[name], ref_grads[name]) for name in params.names())]:
+        scale = max(np.abs(theirs).max(), 1e-3)
+        assert np.abs(ours - theirs).max() <= tolerance * scale
