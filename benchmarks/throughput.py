@@ -9,7 +9,7 @@ nn.Linear, cross-entropy, clip_grad_norm_, torch.optim.Adam) with the same threa
 count. After warm-up the two run interleaved A B A B, because the machine is noisy:
 the ratio of each pair is taken, and the table reports the median ratio.
 
-FLOPs per character follow DESIGN.md: training costs 3x the forward, which per layer
+FLOPs per character follow docs/design.md: training costs 3x the forward, which per layer
 is 2*4H*(D+H) (one-hot input counted as the dense product PyTorch computes) plus
 2*H*V for the head. The float32 matrix-product peak is measured at the start of the
 same run (best of a few 2048^3 products), and achieved GFLOP/s are shown as a percent
