@@ -31,7 +31,7 @@ import numpy as np
 import safetensors.numpy
 
 from . import __version__
-from .config import Config, ConfigError, config_from_dict, config_to_dict
+from .config import Config, ConfigError, config_from_dict, config_to_dict, with_legacy_defaults
 from .data import Vocab
 from .errors import CharlstmError
 from .model import Params, param_shapes
@@ -169,9 +169,10 @@ def save(path: Path, ckpt: Checkpoint) -> None:
 def load(path: Path) -> Checkpoint:
     tensors, payload = read_checkpoint(path)
     try:
-        config = config_from_dict(payload["config"], f"config in {path}")
+        config = config_from_dict(with_legacy_defaults(payload["config"]), f"config in {path}")
         vocab = Vocab(payload["vocab"])
-        shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers)
+        shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers,
+                              config.model.initial_state == "learned")
         params = Params(shapes, tensors[f"model.{next(iter(shapes))}"].dtype)
         for name, shape in shapes.items():
             if tensors[f"model.{name}"].shape != shape:

@@ -117,23 +117,33 @@ def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_sampl
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
 @click.argument("file", type=click.Path(path_type=Path))
+@click.option("--streams", type=click.IntRange(min=1),
+              help="Segments of FILE read side by side (more run faster) "
+                   "[default: the checkpoint's train.eval_streams, 64 unless set].")
+@click.option("--warmup", type=click.IntRange(min=0),
+              help="Characters read before each segment for context, not scored "
+                   "[default: the checkpoint's train.eval_warmup, 256 unless set].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate_command(ckpt_path, file, as_json):
-    """Mean loss of a checkpoint over every character of FILE, with state carried."""
+def evaluate_command(ckpt_path, file, streams, warmup, as_json):
+    """Mean loss of a checkpoint over every character of FILE, each stream starting
+    from the model's initial state; the result does not depend on the batch size the
+    model was trained with."""
     from .evaluate import evaluate
 
     ckpt = checkpoint.load(ckpt_path)
     ids = read_corpus_with_vocab(file, ckpt.config.data.encoding, ckpt.vocab)
     if len(ids) < 2:
         raise CharlstmError(f"{file} needs at least two characters to evaluate")
-    loss = evaluate(ckpt.params, ids, ckpt.config.train.batch_size, ckpt.config.train.seq_len)
-    result = {"file": str(file), "chars": int(len(ids)), "loss_nats": loss,
-              "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss)}
+    train_cfg = ckpt.config.train
+    result = evaluate(ckpt.params, ids, streams or train_cfg.eval_streams, train_cfg.seq_len,
+                      train_cfg.eval_warmup if warmup is None else warmup)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps({"file": str(file), "chars": result.chars, "loss_nats": result.loss,
+                               "bits_per_char": result.bits_per_char, "perplexity": math.exp(result.loss),
+                               "streams": result.streams, "warmup_chars": result.warmup_chars}))
     else:
-        click.echo(f"{file}: {loss:.4f} nats/char, {result['bits_per_char']:.4f} bits/char, "
-                   f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")
+        click.echo(f"{file}: {result.loss:.4f} nats/char, {result.bits_per_char:.4f} bits/char, "
+                   f"perplexity {math.exp(result.loss):.3f} over {result.describe()}")
 
 
 @cli.command("export", short_help="Write a checkpoint's weights for PyTorch or Keras.")

@@ -74,6 +74,7 @@ class ModelConfig:
     num_layers: int = _key(2, _at_least(1))
     dropout: float = _key(0.0, _in_range(0.0, 1.0))
     forget_bias: float = _key(1.0)
+    initial_state: str = _key("learned", _one_of("zero", "learned"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class TrainConfig:
     sample_length: int = _key(200, _at_least(0))
     seed: int = _key(1337, _at_least(0))
     dtype: str = _key("float32", _one_of("float32", "float64"))
+    state_reset: float = _key(0.01, _in_range(0.0, 1.0))
+    eval_streams: int = _key(64, _at_least(1))
+    eval_warmup: int = _key(256, _at_least(0))
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,26 @@ def config_from_dict(raw: Any, source: str = "config") -> Config:
     return Config(**sections)
 
 
+# Keys added after configs were first saved in checkpoints and run directories, with
+# the value that reproduces what a config without them did: such a model has no
+# learned initial state and its training never reset a stream mid-epoch.
+LEGACY_DEFAULTS = {"model": {"initial_state": "zero"}, "train": {"state_reset": 0.0}}
+
+
+def with_legacy_defaults(raw: Any) -> Any:
+    """A saved config dict (from a checkpoint or a run's config.yaml) with every key
+    it predates set as it behaved then; anything not a mapping is returned as is for
+    config_from_dict to refuse."""
+    if not isinstance(raw, dict):
+        return raw
+    merged = dict(raw)
+    for section, values in LEGACY_DEFAULTS.items():
+        saved = merged.get(section)
+        if isinstance(saved, dict) or saved is None:
+            merged[section] = {**values, **(saved or {})}
+    return merged
+
+
 def config_to_dict(config: Config) -> dict:
     """Plain nested dict (tuples as lists) suitable for YAML and JSON."""
     out = {}
@@ -278,6 +302,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if not overrides:
         return config
     return config_from_dict(apply_overrides(config_to_dict(config), list(overrides)), source)
+
+
+def load_run_config(path: Path, overrides: list[str] = ()) -> Config:
+    """A run directory's saved config.yaml (keys it predates read as they behaved then,
+    see LEGACY_DEFAULTS), then each `--set` override."""
+    config = config_from_dict(with_legacy_defaults(read_yaml(Path(path))), str(path))
+    if not overrides:
+        return config
+    return config_from_dict(apply_overrides(config_to_dict(config), list(overrides)), str(path))
 
 
 def config_yaml(config: Config) -> str:

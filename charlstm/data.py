@@ -176,24 +176,38 @@ def get_window(streams: np.ndarray, index: int, seq_len: int) -> tuple[np.ndarra
     return block[:-1], block[1:]
 
 
-def eval_windows(ids: np.ndarray, batch_size: int, seq_len: int
+def eval_windows(ids: np.ndarray, num_streams: int, seq_len: int, warmup: int = 0
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Windows covering every next-character prediction in `ids` exactly once.
+    """Windows that score every next-character prediction in `ids` exactly once.
 
-    Like training, the text is cut into `batch_size` contiguous streams with state
-    carried; unlike training, the ragged end is padded (with id 0) and masked instead
-    of dropped, so the loss is averaged over every character. Yields (inputs, targets,
-    mask), each (T', B) with T' <= seq_len. Only one window is materialised at a time
-    (as intp), so a large corpus costs no padded copy of itself.
+    The predictions are cut into `num_streams` contiguous segments (fewer if there are
+    fewer predictions), read side by side with state carried. Stream n starts reading
+    up to `warmup` characters before its segment, so that each segment is scored with
+    context; those warm-up predictions, and the padding (id 0) after a stream's end,
+    are masked out. Yields (inputs, targets, mask), each (T', N) with T' <= seq_len.
+    Only one window is materialised at a time (as intp), so a large text costs no
+    padded copy of itself. See `eval_plan` for the segment bounds.
     """
-    num_predictions = len(ids) - 1
-    stream_len = -(-num_predictions // batch_size)
-    stream_starts = np.arange(batch_size)[:, None] * stream_len  # (B, 1)
-    for start in range(0, stream_len, seq_len):
-        width = min(seq_len, stream_len - start)
-        positions = stream_starts + (start + np.arange(width + 1))  # (B, width + 1)
+    read_start, scored_start, read_end = eval_plan(len(ids), num_streams, warmup)
+    lengths = read_end - read_start
+    for start in range(0, int(lengths.max()), seq_len):
+        width = min(seq_len, int(lengths.max()) - start)
+        offsets = start + np.arange(width + 1)
+        positions = read_start[:, None] + offsets  # (N, width + 1)
         block = np.zeros(positions.shape, dtype=np.intp)
         inside = positions < len(ids)
         block[inside] = ids[positions[inside]]
-        mask = positions[:, :-1] < num_predictions
-        yield block[:, :-1].T, block[:, 1:].T, mask.T
+        scored = (offsets[None, :-1] < lengths[:, None]) & (positions[:, :-1] >= scored_start[:, None])
+        yield block[:, :-1].T, block[:, 1:].T, scored.T
+
+
+def eval_plan(num_ids: int, num_streams: int, warmup: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per evaluation stream: where it starts reading, where its scored segment starts,
+    and where it ends (exclusive), as positions of predictions in a text of `num_ids`
+    ids. The segments tile all num_ids - 1 predictions; `warmup` bounds the reading
+    before each segment (the first segment has none: it starts at the text's start)."""
+    num_predictions = num_ids - 1
+    segment = -(-num_predictions // num_streams)
+    scored_start = np.arange(0, num_predictions, segment)
+    read_end = np.minimum(scored_start + segment, num_predictions)
+    return np.maximum(scored_start - warmup, 0), scored_start, read_end

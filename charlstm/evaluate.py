@@ -1,21 +1,45 @@
-"""Evaluation: the model's mean loss over a text, with state carried."""
+"""Evaluation: the model's mean loss over a text, every stream starting from the
+initial state, independent of the batch size the model was trained with."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 
-from .data import eval_windows
-from .model import Params, forward, zero_state
+from .data import eval_plan, eval_windows
+from .model import Params, forward, initial_state
 
 
-def evaluate(params: Params, ids: np.ndarray, batch_size: int, seq_len: int) -> float:
-    """Mean loss in nats/char over every next-character prediction in `ids`,
-    streamed as `batch_size` contiguous streams with state carried."""
-    batch_size = min(batch_size, len(ids) - 1)  # never more streams than predictions
-    state = zero_state(params.num_layers, batch_size, params.hidden_size, params.flat.dtype)
+@dataclass
+class Evaluation:
+    loss: float         # mean nats/char over every scored prediction
+    chars: int          # predictions scored: every character of the text but the first
+    streams: int        # segments read side by side
+    warmup_chars: int   # characters read before the segments for context, not scored
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.loss / math.log(2)
+
+    def describe(self) -> str:
+        """What was done, in words, for the result line."""
+        return (f"{self.chars:,} characters in {self.streams} streams from the initial state, "
+                f"{self.warmup_chars:,} characters of warm-up not scored")
+
+
+def evaluate(params: Params, ids: np.ndarray, streams: int, seq_len: int, warmup: int) -> Evaluation:
+    """Mean loss in nats/char over every next-character prediction in `ids`: the text
+    is cut into `streams` contiguous segments read side by side (see
+    data.eval_windows), each starting from the initial state `warmup` characters
+    before its segment. The result does not depend on any training setting; more
+    streams run faster, a longer warm-up scores each segment's start with more context."""
+    read_start, scored_start, _ = eval_plan(len(ids), streams, warmup)
+    state = initial_state(params, len(read_start))
     total, count = 0.0, 0.0
-    for inputs, targets, mask in eval_windows(ids, batch_size, seq_len):
+    for inputs, targets, mask in eval_windows(ids, streams, seq_len, warmup):
         loss, state, cache = forward(params, inputs, targets, state, mask=mask)
         total += loss * cache.count
         count += cache.count
-    return total / count
+    return Evaluation(total / count, int(count), len(read_start), int((scored_start - read_start).sum()))

@@ -38,7 +38,7 @@ from .interop import (
     to_keras_weights,
     to_torch_state_dict,
 )
-from .model import Params, zero_state
+from .model import Params, initial_state
 from .train import file_sha256, load_corpus, make_rngs, prepare_run_dir, write_json
 
 FORMATS = ("torch", "keras")
@@ -150,8 +150,7 @@ def imported_checkpoint(weights_path: Path, fmt: str, vocab_path: Path,
         progress={"step": 0, "epoch": 0, "window": 0, "best_val_loss": None},
         optimizer_step=0,
         optimizer_moments=(np.zeros_like(params.flat), np.zeros_like(params.flat)),
-        carried_state=zero_state(params.num_layers, train_cfg.batch_size, params.hidden_size,
-                                 params.flat.dtype),
+        carried_state=initial_state(params, train_cfg.batch_size),
         rng_states={name: rng.bit_generator.state for name, rng in make_rngs(train_cfg.seed).items()})
 
 
@@ -194,6 +193,7 @@ def as_training_dtype(params: Params) -> Params:
 def config_for(params: Params, base: Config) -> Config:
     """`base` with the model size and dtype the weights have."""
     raw = config_to_dict(base)
-    raw["model"].update(hidden_size=params.hidden_size, num_layers=params.num_layers)
+    raw["model"].update(hidden_size=params.hidden_size, num_layers=params.num_layers,
+                        initial_state="learned" if params.learned_state else "zero")
     raw["train"]["dtype"] = params.flat.dtype.name
     return config_from_dict(raw)

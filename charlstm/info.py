@@ -57,6 +57,15 @@ def describe(ckpt: Checkpoint, source: str = "") -> str:
         for gate, n in norms.items():
             lines.append(f"  {layer:>5}  {gate:>4}  {n['W_x']:>9.4f}  {n['W_h']:>9.4f}  {n['b']:>9.4f}")
 
+    if params.learned_state:
+        lines.append("initial state (learned, per layer; every sequence starts here):")
+        lines.append(f"  {'layer':>5}  {'|h0|':>9}  {'|c0|':>9}")
+        for layer in range(params.num_layers):
+            h0, c0 = (float(np.linalg.norm(params[f"lstm.{layer}.{n}"].astype(np.float64))) for n in ("h0", "c0"))
+            lines.append(f"  {layer:>5}  {h0:>9.4f}  {c0:>9.4f}")
+    else:
+        lines.append("initial state: zero")
+
     progress = ckpt.progress
     lines.append("training:")
     lines.append(f"  step: {progress.get('step', 0)}")

@@ -14,7 +14,13 @@ is a transpose per matrix (PyTorch stores `y = x @ W.T`, we store `y = x @ W`):
     head.weight          (V, H)     = head.W_y.T
     head.bias            (V,)       = head.b_y
 
-Both use the state order (h, c), each (L, B, H).
+Both use the state order (h, c), each (L, B, H). nn.LSTM has no learned initial
+state; a model with one (model.initial_state: learned) adds two tensors beside the
+state dict, for the caller to pop before `load_state_dict(strict=True)` and pass as
+the initial (h, c) of every sequence, expanded over the batch:
+
+    initial_state.h      (L, H)     = lstm.{k}.h0 stacked over k
+    initial_state.c      (L, H)     = lstm.{k}.c0 stacked over k
 
 Keras
 -----
@@ -29,6 +35,8 @@ inputs, then `Dense(V)`. Keras uses our layout and gate order as they are:
 
 with Keras's defaults activation="tanh", recurrent_activation="sigmoid",
 use_bias=True (`unit_forget_bias` only affects initialisation). State order (h, c).
+A learned initial state travels as `initial_state/h` and `initial_state/c`, (L, H)
+each, the initial_state argument of every sequence's first LSTM call.
 
 TensorFlow 1
 ------------
@@ -58,7 +66,23 @@ def to_torch_state_dict(params: Params) -> dict[str, np.ndarray]:
         state_dict[f"lstm.bias_hh_l{layer}"] = np.zeros_like(bias)
     state_dict["head.weight"] = np.ascontiguousarray(params["head.W_y"].T)
     state_dict["head.bias"] = params["head.b_y"].copy()
-    return state_dict
+    return {**state_dict, **learned_state_tensors(params, "initial_state.{}")}
+
+
+def learned_state_tensors(params: Params, name: str) -> dict[str, np.ndarray]:
+    """The learned initial state as two (L, H) arrays named name.format("h") and
+    name.format("c"); nothing for a model without one."""
+    if not params.learned_state:
+        return {}
+    return {name.format(part): np.stack([params[f"lstm.{k}.{part}0"] for k in range(params.num_layers)])
+            for part in ("h", "c")}
+
+
+def _read_learned_state(arrays, params: Params, name: str, what: str) -> None:
+    for part in ("h", "c"):
+        stacked = _get(arrays, name.format(part), (params.num_layers, params.hidden_size), what)
+        for k in range(params.num_layers):
+            params[f"lstm.{k}.{part}0"][...] = stacked[k]
 
 
 def _missing(what: str, name: str) -> CharlstmError:
@@ -102,7 +126,10 @@ def from_torch_state_dict(state_dict) -> Params:
     if f"lstm.weight_hh_l{num_layers}" in state_dict:
         raise CharlstmError(f"state dict lacks lstm.weight_ih_l{num_layers}")
 
-    params = Params(param_shapes(vocab_size, hidden_size, num_layers), head_weight.dtype)
+    learned = "initial_state.h" in state_dict
+    params = Params(param_shapes(vocab_size, hidden_size, num_layers, learned), head_weight.dtype)
+    if learned:
+        _read_learned_state(state_dict, params, "initial_state.{}", "state dict")
     four_hidden = 4 * hidden_size
     for layer in range(num_layers):
         input_size = vocab_size if layer == 0 else hidden_size
@@ -135,7 +162,8 @@ def keras_names(num_layers: int) -> dict[str, str]:
 
 def to_keras_weights(params: Params) -> dict[str, np.ndarray]:
     """Keras's layout is ours: the same arrays under Keras's names."""
-    return {keras: params[ours].copy() for ours, keras in keras_names(params.num_layers).items()}
+    weights = {keras: params[ours].copy() for ours, keras in keras_names(params.num_layers).items()}
+    return {**weights, **learned_state_tensors(params, "initial_state/{}")}
 
 
 def from_keras_weights(weights) -> Params:
@@ -143,11 +171,14 @@ def from_keras_weights(weights) -> Params:
     dense_kernel, num_layers = _head_and_depth(weights, "dense/kernel", "(H, V)", "lstm_{}/kernel",
                                                "Keras weights")
     hidden_size, vocab_size = dense_kernel.shape
-    params = Params(param_shapes(vocab_size, hidden_size, num_layers), dense_kernel.dtype)
+    learned = "initial_state/h" in weights
+    params = Params(param_shapes(vocab_size, hidden_size, num_layers, learned), dense_kernel.dtype)
+    if learned:
+        _read_learned_state(weights, params, "initial_state/{}", "Keras weights")
     names = keras_names(num_layers)
     for ours, keras in names.items():
         params[ours][...] = _get(weights, keras, params.shapes[ours], "Keras weights")
-    unexpected = sorted(set(weights) - set(names.values()))
+    unexpected = sorted(set(weights) - set(names.values()) - set(learned_state_tensors(params, "initial_state/{}")))
     if unexpected:
         raise CharlstmError(f"Keras weights have entries a plain LSTM stack + dense head lacks: "
                             f"{', '.join(unexpected)}")

@@ -7,12 +7,18 @@ checkpoint and gradient check walk the same names:
     lstm.{k}.W_x  (D_k, 4H)   D_0 = V (one-hot characters), D_k = H above
     lstm.{k}.W_h  (H, 4H)
     lstm.{k}.b    (4H,)       gate blocks i, f, g, o
+    lstm.{k}.h0   (H,)        the learned initial state (h, c) of layer k, present with
+    lstm.{k}.c0   (H,)        model.initial_state: learned (else every start is zero)
     head.W_y      (H, V)
     head.b_y      (V,)
 
 Inverted dropout (Srivastava et al. 2014; between layers as in Zaremba et al. 2014)
 is applied to the outputs of every layer, i.e. before each layer above and before the
 head, and only when training.
+
+Every sequence starts from the initial state (`initial_state`): training at each epoch
+start and where a stream's carried state is reset, evaluation, sampling. A learned
+initial state gets gradient only from the streams that start from it in a window.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ import numpy as np
 from .lstm import LayerBuffers, LSTMCache, PreparedLayer, columns, layer_backward, layer_forward, prepare_layer
 
 
-def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+def param_shapes(vocab_size: int, hidden_size: int, num_layers: int,
+                 learned_state: bool = False) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for layer in range(num_layers):
         input_size = vocab_size if layer == 0 else hidden_size
         shapes[f"lstm.{layer}.W_x"] = (input_size, 4 * hidden_size)
         shapes[f"lstm.{layer}.W_h"] = (hidden_size, 4 * hidden_size)
         shapes[f"lstm.{layer}.b"] = (4 * hidden_size,)
+        if learned_state:
+            shapes[f"lstm.{layer}.h0"] = (hidden_size,)
+            shapes[f"lstm.{layer}.c0"] = (hidden_size,)
     shapes["head.W_y"] = (hidden_size, vocab_size)
     shapes["head.b_y"] = (vocab_size,)
     return shapes
@@ -76,6 +86,10 @@ class Params:
     def vocab_size(self) -> int:
         return self.shapes["head.b_y"][0]
 
+    @property
+    def learned_state(self) -> bool:
+        return "lstm.0.h0" in self.views
+
 
 def _glorot_uniform(rng: np.random.Generator, shape) -> np.ndarray:
     limit = np.sqrt(6.0 / (shape[0] + shape[1]))
@@ -92,10 +106,11 @@ def _orthogonal(rng: np.random.Generator, shape) -> np.ndarray:
 
 
 def init_params(vocab_size: int, hidden_size: int, num_layers: int, forget_bias: float,
-                rng: np.random.Generator, dtype=np.float32) -> Params:
+                rng: np.random.Generator, dtype=np.float32, learned_state: bool = False) -> Params:
     """Keras defaults: W_x glorot-uniform, W_h orthogonal, b zero but the forget block
-    at `forget_bias` (Jozefowicz et al. 2015); head glorot-uniform, zero bias."""
-    params = Params(param_shapes(vocab_size, hidden_size, num_layers), dtype)
+    at `forget_bias` (Jozefowicz et al. 2015); head glorot-uniform, zero bias. A learned
+    initial state starts at zero, so it draws nothing and starts as the zero state."""
+    params = Params(param_shapes(vocab_size, hidden_size, num_layers, learned_state), dtype)
     for layer in range(num_layers):
         params[f"lstm.{layer}.W_x"][...] = _glorot_uniform(rng, params.shapes[f"lstm.{layer}.W_x"])
         params[f"lstm.{layer}.W_h"][...] = _orthogonal(rng, params.shapes[f"lstm.{layer}.W_h"])
@@ -108,6 +123,38 @@ def zero_state(num_layers: int, batch_size: int, hidden_size: int, dtype=np.floa
     """Carried state (h, c), each (L, B, H)."""
     shape = (num_layers, batch_size, hidden_size)
     return np.zeros(shape, dtype=dtype), np.zeros(shape, dtype=dtype)
+
+
+def initial_state(params: Params, batch_size: int):
+    """The state every sequence starts from, (h, c) each (L, B, H): the learned (h0, c0)
+    of every layer copied to each of `batch_size` streams, or zeros."""
+    state = zero_state(params.num_layers, batch_size, params.hidden_size, params.flat.dtype)
+    if params.learned_state:
+        reset_streams(state, params, np.ones(batch_size, dtype=bool))
+    return state
+
+
+def reset_streams(state, params: Params, streams: np.ndarray) -> None:
+    """Set the carried state (h, c), each (L, B, H), of the streams where `streams`
+    (B,) is True back to the initial state, in place."""
+    h, c = state
+    for layer in range(params.num_layers):
+        if params.learned_state:
+            h[layer, streams] = params[f"lstm.{layer}.h0"]
+            c[layer, streams] = params[f"lstm.{layer}.c0"]
+        else:
+            h[layer, streams] = 0
+            c[layer, streams] = 0
+
+
+def initial_state_gradients(grads: Params, d_state, started: np.ndarray) -> None:
+    """Fill the learned initial state's gradients from the gradient at a window's
+    start state (d_h0, d_c0), each (L, B, H): the sum over the streams that started
+    from the initial state (`started`, (B,) booleans); the other streams started from
+    a carried state, a constant."""
+    for layer in range(grads.num_layers):
+        for name, d_start in zip(("h0", "c0"), d_state):
+            np.sum(d_start[layer, started], axis=0, out=grads[f"lstm.{layer}.{name}"])
 
 
 def prepare_layers(params: Params) -> list[PreparedLayer]:
@@ -220,11 +267,12 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
 
 
 def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
-             buffers: ModelBuffers | None = None):
+             buffers: ModelBuffers | None = None, started: np.ndarray | None = None):
     """Fill `grads` (same names as `params`) with d loss / d param; return the
-    gradient of the initial state (d_h0, d_c0), each (L, B, H). d_state optionally
-    adds gradient at the final state (used by the gradient check); buffers as in
-    `forward`."""
+    gradient of the window's start state (d_h0, d_c0), each (L, B, H). d_state
+    optionally adds gradient at the final state (used by the gradient check); buffers
+    as in `forward`. started: (B,) booleans, the streams whose start state was the
+    learned initial state (see `reset_streams`); None means none."""
     d_logits = cache.probs.copy()
     d_logits[np.arange(len(cache.targets)), cache.targets] -= 1.0
     if cache.weights is None:
@@ -252,6 +300,8 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
             (grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
             d_h_last, d_c_last, need_d_x=layer > 0, buffers=layer_buffers[layer])
         d_h0[layer], d_c0[layer] = d_h0_layer.T, d_c0_layer.T
+    if params.learned_state:
+        initial_state_gradients(grads, (d_h0, d_c0), np.zeros(batch, bool) if started is None else started)
     return d_h0, d_c0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from .data import Vocab
 from .errors import CharlstmError
 from . import kernels
-from .model import Params, prepare_layers, run_layers, zero_state
+from .model import Params, initial_state, prepare_layers, run_layers
 
 
 def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
@@ -48,8 +48,9 @@ def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
              temperature: float = 1.0, top_k: int | None = None, argmax: bool = False,
              rng: np.random.Generator | None = None, num_samples: int = 1) -> Iterator[str]:
     """Iterate over `length` steps of text; each step is a string of `num_samples`
-    characters, one per independent sample. The model first reads `prime` (without a
-    prime it starts as if after a newline, or after the vocabulary's first character).
+    characters, one per independent sample. From its initial state the model first
+    reads `prime` (without a prime it starts as if after a newline, or after the
+    vocabulary's first character).
 
     Arguments are checked and the prime is read when this is called, not on the first
     step, so a bad argument fails before any text is produced."""
@@ -57,7 +58,7 @@ def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
     if not prime:
         prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
     prime_ids = vocab.encode(prime).astype(np.intp)
-    state = zero_state(params.num_layers, num_samples, params.hidden_size, params.flat.dtype)
+    state = initial_state(params, num_samples)
     inputs = np.repeat(prime_ids[:, None], num_samples, axis=1)  # (T, N)
     if len(prime_ids) > 1:  # read all but the last prime character in one window
         _, state, _, _ = run_layers(prepare_layers(params), inputs[:-1], state)

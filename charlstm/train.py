@@ -31,18 +31,18 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .config import Config, config_to_dict, config_yaml, load_config
+from .config import Config, config_to_dict, config_yaml, load_run_config
 from .data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
                    read_corpus, split_train_val)
 from .errors import CharlstmError
 from .evaluate import evaluate
-from .model import ModelBuffers, Params, backward, forward, init_params, zero_state
+from .model import ModelBuffers, Params, backward, forward, init_params, initial_state, reset_streams
 from .optim import Adam, clip_global_norm, learning_rate
 from .sample import generate
 
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl",
              "last" + checkpoint.EXTENSION, "best" + checkpoint.EXTENSION)
-RNG_NAMES = ("init", "dropout", "sample")
+RNG_NAMES = ("init", "dropout", "sample", "state_reset")
 
 
 class TrainingDiverged(CharlstmError):
@@ -119,9 +119,9 @@ class TrainingState:
         dtype = np.dtype(train_cfg.dtype)
         rngs = make_rngs(train_cfg.seed)
         params = init_params(vocab_size, model_cfg.hidden_size, model_cfg.num_layers,
-                             model_cfg.forget_bias, rngs["init"], dtype)
+                             model_cfg.forget_bias, rngs["init"], dtype, model_cfg.initial_state == "learned")
         optimizer = Adam(params.flat.size, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay, dtype)
-        carried = zero_state(model_cfg.num_layers, train_cfg.batch_size, model_cfg.hidden_size, dtype)
+        carried = initial_state(params, train_cfg.batch_size)
         return cls(params, optimizer, carried, rngs, schedule_steps=train_cfg.max_steps)
 
     @classmethod
@@ -168,12 +168,12 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
     train_cfg = config.train
     windows_per_epoch = num_windows(streams, train_cfg.seq_len)
     window = ts.step % windows_per_epoch
-    if window == 0:  # a new epoch starts the streams again from zero state
-        ts.carried = tuple(np.zeros_like(a) for a in ts.carried)
+    started = streams_to_reset(ts, train_cfg.state_reset, window == 0)
+    reset_streams(ts.carried, ts.params, started)
     inputs, targets = get_window(streams, window, train_cfg.seq_len)
     loss, next_state, cache = forward(ts.params, inputs, targets, ts.carried,
                                       config.model.dropout, ts.rngs["dropout"], buffers=ts.buffers)
-    backward(ts.params, cache, grads, buffers=ts.buffers)
+    backward(ts.params, cache, grads, buffers=ts.buffers, started=started)
     grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "
@@ -184,6 +184,19 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
     ts.carried = next_state  # fresh arrays: no gradient path back into this window
     ts.step += 1
     return loss, grad_norm, lr
+
+
+def streams_to_reset(ts: TrainingState, probability: float, epoch_start: bool) -> np.ndarray:
+    """(B,) booleans: the streams whose carried state goes back to the initial state
+    before this window. Every stream at an epoch's start (the streams start again at
+    the beginning of their text); otherwise each with `probability`, so that training
+    sees the state that sampling and evaluation start from (drawn every step from
+    the checkpointed generator, so a resume draws the same)."""
+    batch = ts.carried[0].shape[1]
+    started = np.full(batch, epoch_start)
+    if probability > 0:
+        started |= ts.rngs["state_reset"].random(batch) < probability
+    return started
 
 
 class MetricsLog:
@@ -281,7 +294,8 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
 # what the model, the data or any step already planned computes (the learning-rate
 # schedule keeps the length it started with; see TrainingState.schedule_steps).
 RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.checkpoint_every",
-                  "train.sample_every", "train.sample_length", "train.log_every")
+                  "train.sample_every", "train.sample_length", "train.log_every",
+                  "train.eval_streams", "train.eval_warmup")
 
 
 def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
@@ -297,8 +311,8 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
     run_info = read_run_info(run_dir)
     last_path = run_dir / ("last" + checkpoint.EXTENSION)
     ckpt = checkpoint.load(last_path) if last_path.exists() else None
-    saved_config = load_config(run_dir / "config.yaml")
-    config = load_config(run_dir / "config.yaml", list(overrides))
+    saved_config = load_run_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir / "config.yaml", list(overrides))
     check_resumable(saved_config if ckpt is None else ckpt.config, config, run_dir)
     step = ckpt.progress.get("step", 0) if ckpt else 0
     if config.train.max_steps < step or (config.train.max_steps == step and run_info.get("status") == "finished"):
@@ -494,7 +508,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
 
                 evaluation = {}
                 if due(train_cfg.eval_every):
-                    val_loss = evaluate(ts.params, data.val_ids, train_cfg.batch_size, train_cfg.seq_len)
+                    val_loss = evaluate(ts.params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len,
+                                        train_cfg.eval_warmup).loss
                     improved = val_loss < ts.best_val_loss
                     ts.best_val_loss = min(ts.best_val_loss, val_loss)
                     evaluation = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}

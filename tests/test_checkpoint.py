@@ -15,7 +15,7 @@ from charlstm.model import init_params
 def saved(tmp_path):
     config = load_config(None, ["model.hidden_size=6", "model.num_layers=2"])
     vocab = Vocab("\n !abcé🙂")
-    params = init_params(vocab.size, 6, 2, 1.0, np.random.default_rng(0))
+    params = init_params(vocab.size, 6, 2, 1.0, np.random.default_rng(0), learned_state=True)
     rng = np.random.default_rng(3)
     ckpt = Checkpoint(config, vocab, params,
                       progress={"step": 7, "epoch": 1, "window": 2, "best_val_loss": 1.25},

@@ -32,7 +32,7 @@ def test_train_then_sample_then_eval(trained, tiny_corpus, capsys):
     assert capsys.readouterr().out == first
     assert main(["eval", "--ckpt", ckpt, str(tiny_corpus), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["chars"] == len(tiny_corpus.read_text())
+    assert result["chars"] == len(tiny_corpus.read_text()) - 1  # every prediction
     assert result["bits_per_char"] == pytest.approx(result["loss_nats"] / np.log(2))
     assert result["perplexity"] == pytest.approx(np.exp(result["loss_nats"]))
     assert main(["eval", "--ckpt", ckpt, str(tiny_corpus)]) == 0
@@ -66,3 +66,26 @@ def test_installed_console_script_runs(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {tmp_path / 'none.txt'} does not exist"
+
+
+def test_eval_gives_the_same_number_whatever_batch_the_model_was_trained_with(trained, tiny_corpus, tmp_path, capsys):
+    import dataclasses
+
+    from charlstm import checkpoint
+
+    ckpt = checkpoint.load(trained / "best.safetensors")
+    results = []
+    for batch_size in (4, 1, 37):
+        config = dataclasses.replace(ckpt.config, train=dataclasses.replace(ckpt.config.train, batch_size=batch_size))
+        path = tmp_path / f"batch{batch_size}.safetensors"
+        checkpoint.save(path, dataclasses.replace(ckpt, config=config))
+        assert main(["eval", "--ckpt", str(path), str(tiny_corpus), "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1] == results[2]
+    assert results[0]["streams"] == 64 and results[0]["warmup_chars"] > 0
+    # fewer streams: other segment bounds, but every character is still scored once, with context
+    assert main(["eval", "--ckpt", str(trained / "best.safetensors"), str(tiny_corpus), "--streams", "4"]) == 0
+    line = capsys.readouterr().out
+    assert f"over {results[0]['chars']:,} characters in 4 streams from the initial state" in line
+    loss = float(line.split(": ")[1].split()[0])
+    assert abs(loss - results[0]["loss_nats"]) < 0.05

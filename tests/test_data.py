@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from charlstm import data
-from charlstm.data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars,
+from charlstm.data import (Vocab, eval_plan, eval_windows, get_window, make_streams, min_corpus_chars,
                            num_windows, read_corpus, read_corpus_with_vocab, smallest_id_dtype,
                            split_train_val)
 from charlstm.errors import CharlstmError
@@ -115,40 +115,24 @@ def test_windows_walk_contiguous_streams_with_next_character_targets():
     assert np.array_equal(second[0], first[-1] + 1)
 
 
-@pytest.mark.parametrize("length, batch, seq_len", [(101, 4, 7), (50, 8, 5), (3, 4, 4), (1000, 3, 64)])
-def test_eval_windows_cover_every_prediction_exactly_once(length, batch, seq_len):
+@pytest.mark.parametrize("warmup", [0, 3, 40])
+@pytest.mark.parametrize("length, streams, seq_len", [(101, 4, 7), (50, 8, 5), (3, 4, 4), (1000, 3, 64), (2, 1, 1)])
+def test_eval_windows_score_every_prediction_exactly_once_after_its_warmup(length, streams, seq_len, warmup):
     ids = np.arange(length)
-    seen = []
-    for inputs, targets, mask in eval_windows(ids, batch, seq_len):
+    read_start, scored_start, read_end = eval_plan(length, streams, warmup)
+    assert len(read_start) <= streams and read_end[-1] == length - 1
+    seen, read = [], [[] for _ in read_start]
+    for inputs, targets, mask in eval_windows(ids, streams, seq_len, warmup):
         assert inputs.shape == targets.shape == mask.shape and inputs.shape[0] <= seq_len
+        assert mask.any()  # no window is all padding or warm-up
         assert np.array_equal(targets[mask], inputs[mask] + 1)
         seen.extend(inputs[mask].tolist())
+        for n in range(len(read_start)):
+            read[n].extend(inputs[:, n].tolist())
     assert sorted(seen) == list(range(length - 1))
-
-
-def padded_eval_windows(ids, batch_size, seq_len):
-    """The previous implementation, which padded a whole intp copy of the ids first."""
-    num_predictions = len(ids) - 1
-    stream_len = -(-num_predictions // batch_size)
-    padded = np.zeros(batch_size * stream_len + 1, dtype=np.intp)
-    padded[:len(ids)] = ids
-    inputs = padded[:-1].reshape(batch_size, stream_len)
-    targets = padded[1:].reshape(batch_size, stream_len)
-    mask = (np.arange(batch_size * stream_len) < num_predictions).reshape(batch_size, stream_len)
-    for start in range(0, stream_len, seq_len):
-        window = slice(start, start + seq_len)
-        yield inputs[:, window].T, targets[:, window].T, mask[:, window].T
-
-
-@pytest.mark.parametrize("length, batch, seq_len", [(101, 4, 7), (50, 8, 5), (3, 4, 4), (1000, 3, 64), (2, 1, 1)])
-def test_windowed_eval_equals_padding_the_whole_corpus(length, batch, seq_len):
-    ids = np.random.default_rng(length).integers(1, 60, length).astype(np.uint8)
-    windowed = list(eval_windows(ids, batch, seq_len))
-    padded = list(padded_eval_windows(ids, batch, seq_len))
-    assert len(windowed) == len(padded)
-    for ours, reference in zip(windowed, padded):
-        for a, b in zip(ours, reference):
-            assert a.dtype == b.dtype and np.array_equal(a, b)
+    for n, stream in enumerate(read):  # each stream reads its text contiguously from its start
+        assert stream[:read_end[n] - read_start[n]] == list(range(read_start[n], read_end[n]))
+        assert scored_start[n] - read_start[n] == min(warmup, scored_start[n])
 
 
 def test_min_corpus_chars_is_exactly_enough():

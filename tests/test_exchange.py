@@ -10,7 +10,7 @@ from cli_helpers import TINY_RUN, one_error_line
 from charlstm import checkpoint
 from charlstm.cli import main
 from charlstm.exchange import read_vocab, vocab_path_for
-from charlstm.model import logits, zero_state
+from charlstm.model import initial_state, logits
 from charlstm.train import TrainingState
 
 
@@ -25,8 +25,7 @@ def trained_ckpt(tmp_path_factory):
 
 
 def charlstm_logits(params, ids):
-    state = zero_state(params.num_layers, ids.shape[1], params.hidden_size, params.flat.dtype)
-    return logits(params, ids, state)[0]
+    return logits(params, ids, initial_state(params, ids.shape[1]))[0]
 
 
 def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp_path, capsys, record_property):
@@ -43,12 +42,17 @@ def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp
     lstm = torch.nn.LSTM(params.vocab_size, params.hidden_size, params.num_layers)
     head = torch.nn.Linear(params.hidden_size, params.vocab_size)
     model = torch.nn.ModuleDict({"lstm": lstm, "head": head})
-    model.load_state_dict(safetensors.torch.load_file(out), strict=True)
+    state_dict = safetensors.torch.load_file(out)
+    # the learned initial state travels as two extra (L, H) tensors, popped before loading
+    h0, c0 = state_dict.pop("initial_state.h"), state_dict.pop("initial_state.c")
+    assert params.learned_state and h0.abs().sum() > 0  # trained away from zero
+    model.load_state_dict(state_dict, strict=True)
 
     ids = np.random.default_rng(0).integers(0, params.vocab_size, (30, 4))
     with torch.no_grad():
         onehot = torch.nn.functional.one_hot(torch.from_numpy(ids), params.vocab_size).float()
-        torch_logits = head(lstm(onehot)[0]).numpy()
+        start = (h0[:, None].expand(-1, 4, -1).contiguous(), c0[:, None].expand(-1, 4, -1).contiguous())
+        torch_logits = head(lstm(onehot, start)[0]).numpy()
     ours = charlstm_logits(params, ids)
     difference = float(np.max(np.abs(ours - torch_logits)))
     record_property("export torch logits max abs diff", difference)

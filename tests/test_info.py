@@ -55,7 +55,11 @@ def test_info_command_on_a_trained_checkpoint(tiny_corpus, tmp_path, capsys):
     assert "  train.max_steps: 20\n" in out
     assert f"  {ckpt.vocab.chars!r}\n" in out
     assert f"parameters ({ckpt.params.flat.size:,} in total, float32):" in out
-    assert "  lstm.0.W_x  " in out and "16x64" in out  # one-hot input of V=16 characters
+    w_x_line = next(line for line in out.splitlines() if line.startswith("  lstm.0.W_x "))
+    assert f" {ckpt.vocab.size}x64 " in w_x_line  # one-hot input of V characters, 4H = 64 columns
+    assert "initial state (learned, per layer" in out and "  lstm.1.c0 " in out
+    h0_norm = float(np.linalg.norm(ckpt.params["lstm.1.h0"]))
+    assert f"      1  {h0_norm:>9.4f}" in out
     assert f"  step: {ckpt.progress['step']}\n" in out
     assert f"best validation loss: {best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" in out
     f_bias = gate_norms(ckpt.params)[1]["f"]["b"]

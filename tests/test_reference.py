@@ -81,3 +81,34 @@ def test_fast_model_equals_the_reference_in_loss_state_and_every_gradient(dtype,
                          *((grads[name], ref_grads[name]) for name in params.names())]:
         scale = max(np.abs(theirs).max(), 1e-3)
         assert np.abs(ours - theirs).max() <= tolerance * scale
+
+
+def test_the_learned_initial_state_gets_the_gradient_of_the_streams_that_start_from_it():
+    """float64 finite differences of the loss with respect to lstm.{k}.h0 / c0, where two
+    of three streams start from the learned state and one from a carried state."""
+    from charlstm.model import reset_streams
+
+    rng = np.random.default_rng(4)
+    vocab, hidden, layers, T, B = 6, 4, 2, 5, 3
+    params = init_params(vocab, hidden, layers, 1.0, rng, np.float64, learned_state=True)
+    params.flat += rng.normal(scale=0.3, size=params.flat.shape)
+    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
+    carried = rng.normal(scale=0.5, size=(2, layers, B, hidden))
+    started = np.array([True, False, True])
+
+    def loss():
+        state = carried.copy()
+        reset_streams(state, params, started)
+        return forward(params, ids, targets, state)[0]
+
+    state = carried.copy()
+    reset_streams(state, params, started)
+    _, _, cache = forward(params, ids, targets, state)
+    grads = params.zeros_like()
+    backward(params, cache, grads, started=started)
+    for name in [f"lstm.{k}.{part}0" for k in range(layers) for part in "hc"]:
+        numeric = numeric_gradient(loss, params[name])
+        assert np.abs(grads[name]).max() > 1e-4
+        assert relative_error(grads[name], numeric).max() < 1e-6, name
+    for name in params.names():  # the rest of the model is unchanged by the learned state
+        assert relative_error(grads[name], numeric_gradient(loss, params[name])).max() < 1e-5, name

@@ -3,7 +3,7 @@ import pytest
 
 from charlstm.data import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.model import init_params, logits, zero_state
+from charlstm.model import init_params, initial_state, logits
 from charlstm.sample import draw, generate, next_char_probs
 
 VOCAB = Vocab("\n abcdefgh")
@@ -11,7 +11,7 @@ VOCAB = Vocab("\n abcdefgh")
 
 @pytest.fixture
 def params():
-    p = init_params(VOCAB.size, 12, 2, 1.0, np.random.default_rng(0))
+    p = init_params(VOCAB.size, 12, 2, 1.0, np.random.default_rng(0), learned_state=True)
     p.flat += np.random.default_rng(1).normal(scale=0.3, size=p.flat.shape).astype(np.float32)
     return p
 
@@ -37,7 +37,7 @@ def test_generation_follows_the_model_step_by_step(params):
     prime = "ab c"
     out = text(params, length=15, prime=prime, argmax=True)
     ids = VOCAB.encode(prime + out).astype(np.intp)[:, None]
-    scores = logits(params, ids, zero_state(2, 1, 12))[0][:, 0]
+    scores = logits(params, ids, initial_state(params, 1))[0][:, 0]  # sampling starts there too
     predicted = VOCAB.decode(scores.argmax(axis=1)[len(prime) - 1:-1])
     assert predicted == out
 
@@ -63,7 +63,7 @@ def test_batched_sampling_follows_the_model_for_every_sample(params):
                           num_samples=4))
     samples = ["a" + "".join(step[n] for step in steps) for n in range(4)]
     ids = np.stack([VOCAB.encode(s).astype(np.intp) for s in samples], axis=1)  # (T, N)
-    scores = logits(params, ids, zero_state(2, 4, 12))[0]  # (T, N, V)
+    scores = logits(params, ids, initial_state(params, 4))[0]  # (T, N, V)
     probs = np.exp(scores / 0.5 - (scores / 0.5).max(axis=2, keepdims=True))
     probs /= probs.sum(axis=2, keepdims=True)
     chosen = np.take_along_axis(probs[:-1], ids[1:, :, None], axis=2)

@@ -10,7 +10,7 @@ import pytest
 
 from charlstm.errors import CharlstmError
 from charlstm.interop import from_torch_state_dict, to_torch_state_dict
-from charlstm.model import Params, backward, forward, init_params
+from charlstm.model import Params, backward, forward, init_params, initial_state
 from conftest import fast_layer
 
 torch = pytest.importorskip("torch")
@@ -185,3 +185,37 @@ def test_layer_on_dense_inputs_matches_single_layer_torch_lstm(record_property):
     report(record_property, "float32 dense layer", {k: max_abs_diff(a, t) for k, (a, t) in pairs.items()})
     for key, (ours, theirs) in pairs.items():
         np.testing.assert_allclose(ours, theirs.detach().numpy(), **FLOAT32_TOL, err_msg=key)
+
+
+def test_a_learned_initial_state_matches_torch_parameters_expanded_over_the_batch(record_property):
+    """The learned (h0, c0) as nn.Parameters of shape (L, H), expanded to (L, B, H) as the
+    start of nn.LSTM: the same logits and the same gradient for h0 and c0."""
+    params, inputs, targets, _, _ = random_problem(np.float64)
+    learned = init_params(VOCAB, HIDDEN, LAYERS, 1.0, np.random.default_rng(9), np.float64, learned_state=True)
+    for name in params.names():
+        learned[name][...] = params[name]
+    rng = np.random.default_rng(10)
+    for layer in range(LAYERS):
+        learned[f"lstm.{layer}.h0"][...] = rng.normal(0.0, 0.5, HIDDEN)
+        learned[f"lstm.{layer}.c0"][...] = rng.normal(0.0, 0.5, HIDDEN)
+    loss, _, cache = forward(learned, inputs, targets, initial_state(learned, BATCH))
+    grads = learned.zeros_like()
+    backward(learned, cache, grads, started=np.ones(BATCH, dtype=bool))
+
+    model = torch_model_from(params)
+    state = to_torch_state_dict(learned)
+    h0 = torch.tensor(state["initial_state.h"], requires_grad=True)
+    c0 = torch.tensor(state["initial_state.c"], requires_grad=True)
+    onehot = F.one_hot(torch.from_numpy(inputs), VOCAB).double()
+    start = (h0[:, None].expand(-1, BATCH, -1), c0[:, None].expand(-1, BATCH, -1))
+    logits = model.head(model.lstm(onehot, start)[0])
+    torch_loss = F.cross_entropy(logits.reshape(-1, VOCAB), torch.from_numpy(targets).reshape(-1))
+    torch_loss.backward()
+    ours_h0 = np.stack([grads[f"lstm.{k}.h0"] for k in range(LAYERS)])
+    ours_c0 = np.stack([grads[f"lstm.{k}.c0"] for k in range(LAYERS)])
+    diffs = {"loss": abs(loss - torch_loss.item()), "d_h0": max_abs_diff(ours_h0, h0.grad),
+             "d_c0": max_abs_diff(ours_c0, c0.grad)}
+    report(record_property, "float64 learned initial state", diffs)
+    assert loss == pytest.approx(torch_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(ours_h0, h0.grad.numpy(), **FLOAT64_TOL)
+    np.testing.assert_allclose(ours_c0, c0.grad.numpy(), **FLOAT64_TOL)

@@ -7,8 +7,9 @@ import pytest
 from charlstm import checkpoint, train as train_module
 from charlstm.data import read_corpus
 from charlstm.errors import CharlstmError
-from charlstm.model import forward, init_params, zero_state
-from charlstm.train import TrainingDiverged, evaluate, train
+from charlstm.evaluate import evaluate
+from charlstm.model import forward, init_params, initial_state
+from charlstm.train import TrainingDiverged, train
 from conftest import tiny_config
 
 
@@ -48,7 +49,7 @@ def test_a_run_learns_and_records_everything(tiny_corpus, tmp_path):
     # the best checkpoint really scores its recorded validation loss
     _, ids = read_corpus(tiny_corpus)
     val_ids = ids[len(ids) - round(len(ids) * 0.1):]
-    assert evaluate(best.params, val_ids, 4, 12) == pytest.approx(best.progress["best_val_loss"], rel=1e-6)
+    assert evaluate(best.params, val_ids, 64, 12, 256).loss == pytest.approx(best.progress["best_val_loss"], rel=1e-6)
 
 
 def test_same_config_and_seed_give_bitwise_identical_weights(tiny_corpus, tmp_path):
@@ -98,11 +99,17 @@ def test_too_short_corpus_names_the_minimum(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_evaluate_with_one_stream_equals_one_forward_pass_over_the_text():
+@pytest.mark.parametrize("learned", [False, True])
+def test_evaluate_with_one_stream_equals_one_forward_pass_from_the_initial_state(learned):
     rng = np.random.default_rng(0)
-    params = init_params(6, 8, 2, 1.0, rng)
+    params = init_params(6, 8, 2, 1.0, rng, learned_state=learned)
+    params.flat += rng.normal(scale=0.1, size=params.flat.shape)  # a nonzero learned state
     ids = rng.integers(0, 6, 301)
-    whole, _, _ = forward(params, ids[:-1, None], ids[1:, None], zero_state(2, 1, 8))
-    assert evaluate(params, ids, batch_size=1, seq_len=7) == pytest.approx(whole, rel=1e-5)
-    # many streams: different state boundaries, but every character still counted once
-    assert abs(evaluate(params, ids, batch_size=4, seq_len=7) - whole) < 0.05
+    whole, _, _ = forward(params, ids[:-1, None], ids[1:, None], initial_state(params, 1))
+    one = evaluate(params, ids, streams=1, seq_len=7, warmup=0)
+    assert one.loss == pytest.approx(whole, rel=1e-5)
+    assert (one.chars, one.streams, one.warmup_chars) == (300, 1, 0)
+    # many streams with a warm-up: every character still counted once, each with context
+    many = evaluate(params, ids, streams=4, seq_len=7, warmup=50)
+    assert (many.chars, many.streams, many.warmup_chars) == (300, 4, 150)
+    assert abs(many.loss - whole) < 0.02
