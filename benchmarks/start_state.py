@@ -1,8 +1,8 @@
 """Do sequences started from the model's initial state get stuck?
 
 Reads the validation text of a checkpoint's corpus (its last data.val_fraction), picks
-random points in it (a third of them right after a newline, where a zero start state
-used to get stuck), runs the model from its initial state at each point, and reports
+random points in it (a third of them at a newline, so that the first character read is
+"\n": from a zero state that start used to get stuck), runs the model from its initial state at each point, and reports
 the loss over characters 256-1024 of each stream against the loss of the same
 characters when the state is carried through the whole validation text from its start.
 
@@ -44,12 +44,13 @@ def losses(params, inputs: np.ndarray, targets: np.ndarray, state, window: int =
 
 
 def pick_points(val: np.ndarray, newline_id: int | None, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """`count` start positions (one third right after a newline) and a flag for those."""
+    """`count` start positions (one third at a newline: the first character read is
+    "\n") and a flag for those."""
     last = len(val) - SPAN - 1
-    after_newline = np.flatnonzero(val[:last] == newline_id) + 1 if newline_id is not None else np.array([], int)
+    after_newline = np.flatnonzero(val[:last] == newline_id) if newline_id is not None else np.array([], int)
     num_newline = min(count // 3, len(after_newline))
     chosen_newline = rng.choice(after_newline, num_newline, replace=False) if num_newline else np.array([], int)
-    chosen_random = rng.integers(1, last, count - num_newline)
+    chosen_random = rng.integers(0, last, count - num_newline)
     points = np.concatenate([chosen_newline, chosen_random]).astype(np.intp)
     return points, np.arange(count) < num_newline
 
@@ -80,23 +81,24 @@ def main() -> None:
     per_stream = started[scored].mean(axis=0)                 # (N,)
     same_chars_carried = carried[points[None, :] + offsets[scored, None]].mean(axis=0)
     first_chars = started[:SCORED_FROM].mean(axis=0)
+    first_chars_carried = carried[points[None, :] + offsets[:SCORED_FROM, None]].mean(axis=0)
 
     print(f"{args.ckpt}: model.initial_state={ckpt.config.model.initial_state}, "
           f"train.state_reset={ckpt.config.train.state_reset}, step {ckpt.progress.get('step')}; "
           f"{len(points)} points in {len(val):,} validation characters, seed {args.seed}")
     print()
     print(f"| streams (start)        |  n | chars {SCORED_FROM}-{SPAN}: mean | max stream | stuck (> 3) "
-          f"| carried, same chars | difference | chars 0-{SCORED_FROM}: mean |")
+          f"| carried, same chars | difference | chars 0-{SCORED_FROM}: mean | carried |")
     print("|------------------------|---:|-----------------:|-----------:|------------:"
-          "|--------------------:|-----------:|------------------:|")
-    for label, group in (("right after a newline", after_newline), ("random points", ~after_newline),
+          "|--------------------:|-----------:|------------------:|--------:|")
+    for label, group in (("reading '\\n' first", after_newline), ("random points", ~after_newline),
                          ("all", np.ones_like(after_newline))):
         if not group.any():
             continue
         mean, carried_mean = per_stream[group].mean(), same_chars_carried[group].mean()
         print(f"| {label:<22} | {group.sum():>2} | {mean:>16.4f} | {per_stream[group].max():>10.4f} "
               f"| {int((per_stream[group] > 3).sum()):>11} | {carried_mean:>19.4f} | {mean - carried_mean:>+10.4f} "
-              f"| {first_chars[group].mean():>17.4f} |")
+              f"| {first_chars[group].mean():>17.4f} | {first_chars_carried[group].mean():>7.4f} |")
 
 
 if __name__ == "__main__":

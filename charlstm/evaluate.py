@@ -25,7 +25,7 @@ class Evaluation:
 
     def describe(self) -> str:
         """What was done, in words, for the result line."""
-        return (f"{self.chars:,} characters in {self.streams} streams from the initial state, "
+        return (f"{self.chars:,} characters in {self.streams} stream{'' if self.streams == 1 else 's'} from the initial state, "
                 f"{self.warmup_chars:,} characters of warm-up not scored")
 
 
