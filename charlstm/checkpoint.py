@@ -15,15 +15,14 @@ Arrays: `model.<param name>` (see model.py), and for resuming `optimizer.exp_avg
 `optimizer.exp_avg_sq` (flat, same order as the parameters) and `state.h`,
 `state.c` (L, B, H), the carried state of every stream and layer.
 
-Writes go to a temporary file in the same directory, are fsynced, then renamed over
-the target with os.replace: a crash at any instant leaves the previous file whole.
+Writes go through files.atomic_write: a crash at any instant leaves the previous file
+whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from . import __version__
 from .config import Config, ConfigError, config_from_dict, config_to_dict
 from .data import Vocab
 from .errors import CharlstmError
+from .files import atomic_write, existing_file
 from .model import Params, param_shapes
 
 FORMAT_NAME = "charlstm-checkpoint"
@@ -51,33 +51,6 @@ class Checkpoint:
     optimizer_moments: tuple[np.ndarray, np.ndarray] | None = None  # (exp_avg, exp_avg_sq)
     carried_state: tuple[np.ndarray, np.ndarray] | None = None      # (h, c), each (L, B, H)
     rng_states: dict = field(default_factory=dict)  # name -> bit_generator.state
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers only ever see the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CharlstmError(
-            f"could not write {path}: {exc.strerror or exc}; the previous file is untouched") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
@@ -103,11 +76,7 @@ def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], payload: dict) 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays and payload of a checkpoint file, or a CharlstmError saying why not."""
-    path = Path(path)
-    if not path.exists():
-        raise CharlstmError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CharlstmError(f"checkpoint {path} is a directory; pass a {EXTENSION} file")
+    path = existing_file(path, "checkpoint")
     data = path.read_bytes()
     not_ours = CharlstmError(f"{path} is not a charlstm checkpoint")
     corrupt = CharlstmError(f"checkpoint {path} is truncated or corrupt; use another checkpoint (e.g. best/last)")

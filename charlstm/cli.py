@@ -21,6 +21,7 @@ from . import __version__, checkpoint
 from .config import load_config
 from .data import read_corpus_with_vocab
 from .errors import CharlstmError
+from .rundir import checkpoint_path
 
 BUNDLED_CORPUS = "corpus.txt"
 # How NumPy refuses an array larger than any machine's memory (it raises ValueError,
@@ -75,7 +76,7 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
         result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
-    click.echo(f"sample: charlstm sample --ckpt {out / ('best' + checkpoint.EXTENSION)}")
+    click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
 
 
 @cli.command()
@@ -120,7 +121,7 @@ def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_sampl
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def evaluate_command(ckpt_path, file, as_json):
     """Mean loss of a checkpoint over every character of FILE, with state carried."""
-    from .train import evaluate
+    from .evaluate import evaluate
 
     ckpt = checkpoint.load(ckpt_path)
     ids = read_corpus_with_vocab(file, ckpt.config.data.encoding, ckpt.vocab)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from charlstm import checkpoint
+from charlstm import checkpoint, files
 from charlstm.checkpoint import Checkpoint
 from charlstm.config import load_config
 from charlstm.data import Vocab
@@ -59,7 +59,7 @@ def test_failed_write_keeps_the_previous_file(saved, monkeypatch):
     def broken_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", broken_fsync)
+    monkeypatch.setattr(files.os, "fsync", broken_fsync)
     with pytest.raises(CharlstmError, match="No space left on device.*previous file is untouched"):
         checkpoint.save(path, ckpt)
     assert path.read_bytes() == before

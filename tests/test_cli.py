@@ -65,4 +65,4 @@ def test_installed_console_script_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "charlstm.cli", "train", str(tmp_path / "none.txt")],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {tmp_path / 'none.txt'} does not exist"
+    assert result.stderr.strip() == f"error: corpus {tmp_path / 'none.txt'} does not exist"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlstm import checkpoint, train as train_module
+from charlstm import checkpoint, files, train as train_module
 from charlstm.cli import main
 from charlstm.errors import CharlstmError
 from charlstm.train import TrainingInterrupted, resume, train
@@ -168,7 +168,7 @@ def test_resume_refuses_other_text_and_non_runs(tiny_corpus, tmp_path):
     run_json.write_text(good_json)
     moved = tmp_path / "moved.txt"
     tiny_corpus.rename(moved)
-    with pytest.raises(CharlstmError, match="no longer exists; pass the same text"):
+    with pytest.raises(CharlstmError, match="the run's corpus .* does not exist; pass the same text"):
         resume(run_dir, ["train.max_steps=20"], **QUIET)
     assert resume(run_dir, ["train.max_steps=20"], moved, **QUIET).steps == 20
 
@@ -306,7 +306,7 @@ def test_a_full_disk_during_a_write_keeps_the_previous_checkpoint(tiny_corpus, t
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(CharlstmError, match="No space left on device; the previous file is untouched"):
         resume(run_dir, ["train.max_steps=20"], **QUIET)
     assert (run_dir / "last.safetensors").read_bytes() == before

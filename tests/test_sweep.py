@@ -17,8 +17,8 @@ from cli_helpers import one_error_line
 
 from charlstm import checkpoint
 from charlstm.cli import main
-from charlstm.config import save_config
 from charlstm.errors import CharlstmError
+from charlstm.rundir import write_config
 from charlstm.sweep import blas_env, plan, read_sweep, run_name, train_command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -170,7 +170,7 @@ def test_resume_path_a_started_run_is_resumed_through_train_resume(tmp_path, tin
     path = write_sweep(tmp_path, tiny_corpus, grid={"train.lr": [0.03]})
     run = plan(read_sweep(path))[0]
     run.run_dir.mkdir(parents=True)
-    save_config(run.config, run.run_dir / "config.yaml")
+    write_config(run.run_dir, run.config)
     (run.run_dir / "run.json").write_text(json.dumps({"corpus": str(tiny_corpus), "status": "running"}))
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
@@ -232,7 +232,7 @@ def test_a_diverged_run_is_a_result_and_is_not_rerun(tmp_path, tiny_corpus, caps
     path = write_sweep(tmp_path, tiny_corpus, grid={"train.lr": [0.03]})
     run = plan(read_sweep(path))[0]
     run.run_dir.mkdir(parents=True)
-    save_config(run.config, run.run_dir / "config.yaml")
+    write_config(run.run_dir, run.config)
     (run.run_dir / "run.json").write_text(json.dumps({"status": "diverged", "num_params": 5}))
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,56 @@
+"""Files in and out: every file charlstm writes is replaced atomically, and every input
+file is checked the same way before it is read."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import CharlstmError
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path, or a CharlstmError if it does not exist or is a directory;
+    `what` names the file for the user ("corpus", "checkpoint", ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise CharlstmError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise CharlstmError(f"{what} {path} is a directory, not a file")
+    return path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers only ever see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CharlstmError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file is untouched") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
