@@ -7,7 +7,6 @@ show a traceback.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from datetime import datetime
@@ -21,6 +20,7 @@ from . import __version__, checkpoint
 from .config import load_config
 from .data import read_corpus_with_vocab
 from .errors import CharlstmError
+from .files import strict_json
 from .rundir import checkpoint_path
 
 BUNDLED_CORPUS = "corpus.txt"
@@ -131,7 +131,7 @@ def evaluate_command(ckpt_path, file, as_json):
     result = {"file": str(file), "chars": int(len(ids)), "loss_nats": loss,
               "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss)}
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(strict_json(result))
     else:
         click.echo(f"{file}: {loss:.4f} nats/char, {result['bits_per_char']:.4f} bits/char, "
                    f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")

@@ -1,9 +1,10 @@
-"""Files in and out: every file charlstm writes is replaced atomically, and every input
-file is checked the same way before it is read."""
+"""Files in and out: every file charlstm writes is replaced atomically, every JSON file
+is strict JSON, and every input file is checked the same way before it is read."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -52,5 +53,21 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
+def strict_json(obj, indent: int | None = None) -> str:
+    """JSON that any parser reads. Python writes NaN and Infinity, which are not JSON,
+    so a non-finite number is written as null (no value, e.g. no validation loss yet)."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_text(path, strict_json(obj, indent=2) + "\n")

@@ -23,7 +23,7 @@ from pathlib import Path
 from .checkpoint import EXTENSION
 from .config import Config, config_yaml, load_config
 from .errors import CharlstmError
-from .files import write_json, write_text
+from .files import strict_json, write_json, write_text
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -122,7 +122,7 @@ class MetricsLog:
         record = {"step": fields.pop("step"), "train_loss": self.loss_sum / max(self.steps, 1),
                   "chars_per_s": self.chars_per_s, "elapsed_s": time.perf_counter() - self.started,
                   **fields}
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(strict_json(record) + "\n")
         self.file.flush()
         self.loss_sum = self.steps = self.seconds = 0.0
 
@@ -157,5 +157,5 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     """Keep the records up to `step`: later ones belong to steps the resumed run will
     compute again."""
     if (run_dir / METRICS).exists():
-        kept = [json.dumps(r) + "\n" for r in read_metrics(run_dir) if r["step"] <= step]
+        kept = [strict_json(r) + "\n" for r in read_metrics(run_dir) if r["step"] <= step]
         write_text(run_dir / METRICS, "".join(kept))

@@ -90,6 +90,41 @@ def test_stopped_and_resumed_three_times_equals_one_go(one_go, tiny_corpus, tmp_
     assert steps == sorted(set(steps)) and steps[-1] == 60  # no step logged twice after a resume
 
 
+def strict_json(text: str):
+    """json.loads refusing NaN and Infinity, which Python writes but JSON has not."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_run_json_is_strict_json_at_every_moment(tiny_corpus, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    texts = []
+    real_step = train_module.train_step
+
+    def train_step(ts, *args):  # read run.json while training; stop at steps 3 and 20
+        texts.append((run_dir / "run.json").read_text())
+        if ts.step + 1 in (3, 20):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(ts, *args)
+
+    monkeypatch.setattr(train_module, "train_step", train_step)
+    config = tiny_config(**{"train.max_steps": 20, "train.eval_every": 10})
+    with pytest.raises(TrainingInterrupted, match="at step 3;"):  # before any evaluation
+        train(config, tiny_corpus, run_dir, **QUIET)
+    texts.append((run_dir / "run.json").read_text())
+    with pytest.raises(TrainingInterrupted, match="at step 20;"):  # at the last step
+        resume(run_dir, **QUIET)
+    texts.append((run_dir / "run.json").read_text())
+    resume(run_dir, **QUIET)  # nothing left to train: finishes with no new evaluation
+    texts.append((run_dir / "run.json").read_text())
+    infos = [strict_json(text) for text in texts]
+    assert infos[0]["status"] == "running" and infos[0]["best_val_loss"] is None
+    assert infos[-1]["status"] == "finished" and infos[-1]["final_val_loss"] is None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
+
+
 def test_resume_may_raise_max_steps_and_records_it(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_config(**EXACT), tiny_corpus, run_dir, **QUIET)
