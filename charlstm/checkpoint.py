@@ -8,8 +8,9 @@ little-endian array bytes; readable by any safetensors library). Its string meta
     payload         JSON: charlstm version, resolved config, vocabulary, training
                     progress (step, epoch, next window, best validation loss), Adam's
                     step count and the random generators' states
-    sha256          over the payload and every array's name, dtype, shape and bytes,
-                    so a flipped byte anywhere is caught
+    sha256          over the format name and version, the payload and every array's
+                    name, dtype, shape and bytes, so a flipped byte anywhere is caught
+                    (version 1 left the name and version out; such files still load)
 
 Arrays: `model.<param name>` (see model.py), and for resuming `optimizer.exp_avg`,
 `optimizer.exp_avg_sq` (flat, same order as the parameters) and `state.h`,
@@ -37,7 +38,10 @@ from .files import atomic_write, existing_file
 from .model import Params, param_shapes
 
 FORMAT_NAME = "charlstm-checkpoint"
-FORMAT_VERSION = 1
+# Version 2 brought the format name and version under the sha256. Later versions must
+# keep that digest rule: it is how an older charlstm tells a newer file (whose digest
+# verifies) from a damaged one (a flipped bit in the version read as "newer" in v1).
+FORMAT_VERSION = 2
 EXTENSION = ".safetensors"
 
 
@@ -53,8 +57,11 @@ class Checkpoint:
     rng_states: dict = field(default_factory=dict)  # name -> bit_generator.state
 
 
-def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256(payload.encode("utf-8"))
+def _digest(format_version: str, payload: str, tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    if format_version != "1":
+        digest.update(f"{FORMAT_NAME}:{format_version}\n".encode("utf-8"))
+    digest.update(payload.encode("utf-8"))
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
@@ -62,14 +69,16 @@ def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], payload: dict) -> None:
+def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], payload: dict,
+                     format_version: int = FORMAT_VERSION) -> None:
+    """`format_version` other than the current one is for tests of older and newer files."""
     payload_json = json.dumps(payload, sort_keys=True, allow_nan=False)
     tensors = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
     metadata = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(format_version),
         "payload": payload_json,
-        "sha256": _digest(payload_json, tensors),
+        "sha256": _digest(str(format_version), payload_json, tensors),
     }
     atomic_write(path, safetensors.numpy.save(tensors, metadata=metadata))
 
@@ -95,25 +104,23 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         raise corrupt from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise not_ours
+    version_text = str(metadata.get("format_version"))
     try:
-        version = int(metadata.get("format_version", ""))
-    except ValueError:
+        version = int(version_text)
+        tensors = safetensors.numpy.load(data)
+        payload_json = metadata["payload"]
+        intact = version >= 1 and _digest(version_text, payload_json, tensors) == metadata.get("sha256")
+    except Exception:  # safetensors raises its own error types for malformed files
         raise corrupt from None
-    if version < 1:  # the version is outside the sha256, so a flipped bit must show here
+    if not intact:
         raise corrupt
-    if version > FORMAT_VERSION:
+    if version > FORMAT_VERSION:  # intact under its own version's digest: really newer
         raise CharlstmError(
             f"checkpoint {path} has format version {version}, newer than this charlstm "
             f"({__version__}) reads ({FORMAT_VERSION}); upgrade charlstm")
     try:
-        tensors = safetensors.numpy.load(data)
-        payload_json = metadata["payload"]
-        if _digest(payload_json, tensors) != metadata.get("sha256"):
-            raise corrupt
         payload = json.loads(payload_json)
-    except CharlstmError:
-        raise
-    except Exception:  # safetensors raises its own error types for malformed files
+    except ValueError:
         raise corrupt from None
     return tensors, payload
 

@@ -1,4 +1,4 @@
-import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,16 +75,36 @@ def test_truncated_file_is_refused(saved):
             checkpoint.load(path)
 
 
-def test_a_flipped_bit_in_the_format_version_is_refused(saved):
-    path, _ = saved
+V1_CHECKPOINT = Path(__file__).parent / "data" / "checkpoint-v1.safetensors"  # written by charlstm 0.1
+
+
+def flipped_version_bits(path):
+    """The checkpoint at `path` with each bit of its format_version digit flipped in turn."""
     data = path.read_bytes()
-    at = data.index(b'"format_version":"1"') + len(b'"format_version":"')
+    at = data.index(b'"format_version":"') + len(b'"format_version":"')
     for bit in range(8):
         corrupted = bytearray(data)
         corrupted[at] ^= 1 << bit
-        path.write_bytes(bytes(corrupted))
-        with pytest.raises(CharlstmError):
-            checkpoint.load(path)
+        yield bytes(corrupted)
+
+
+@pytest.mark.parametrize("which", ["current", "version 1"])
+def test_a_flipped_bit_in_the_format_version_reads_as_corrupt_never_as_newer(saved, tmp_path, which):
+    path = saved[0] if which == "current" else V1_CHECKPOINT
+    for corrupted in flipped_version_bits(path):
+        (tmp_path / "flipped.safetensors").write_bytes(corrupted)
+        with pytest.raises(CharlstmError, match="is truncated or corrupt") as info:
+            checkpoint.load(tmp_path / "flipped.safetensors")
+        assert "newer" not in str(info.value)
+
+
+def test_version_1_checkpoints_still_load():
+    ckpt = checkpoint.load(V1_CHECKPOINT)
+    assert ckpt.vocab == Vocab("\n !abcé🙂") and ckpt.config.model.hidden_size == 3
+    expected = init_params(ckpt.vocab.size, 3, 2, 1.0, np.random.default_rng(0))
+    assert np.array_equal(ckpt.params.flat, expected.flat)
+    assert np.array_equal(ckpt.optimizer_moments[0], np.arange(expected.flat.size, dtype=np.float32))
+    assert ckpt.carried_state[0].shape == (2, 2, 3) and ckpt.progress["step"] == 7
 
 
 def test_any_flipped_byte_is_refused(saved):
@@ -122,11 +142,13 @@ def test_other_files_are_not_checkpoints(tmp_path):
 def test_newer_format_version_is_refused_with_what_to_do(saved):
     path, _ = saved
     tensors, payload = checkpoint.read_checkpoint(path)
-    import safetensors.numpy
-    metadata = {"format": checkpoint.FORMAT_NAME, "format_version": str(checkpoint.FORMAT_VERSION + 1),
-                "payload": json.dumps(payload), "sha256": "0"}
-    path.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
+    checkpoint.write_checkpoint(path, tensors, payload, format_version=checkpoint.FORMAT_VERSION + 1)
     with pytest.raises(CharlstmError, match="newer than this charlstm.*upgrade charlstm"):
+        checkpoint.load(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # a newer file that is damaged is damaged, not newer
+    path.write_bytes(bytes(data))
+    with pytest.raises(CharlstmError, match="truncated or corrupt"):
         checkpoint.load(path)
 
 
