@@ -142,19 +142,48 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     write_checkpoint(path, tensors, payload)
 
 
+def array_problem(tensors: dict[str, np.ndarray], shapes: dict[str, tuple], config: Config) -> str | None:
+    """What is wrong with a checkpoint's arrays for its config, or None. Shapes and
+    dtypes must match exactly: loading and resuming copy the arrays into place, and
+    NumPy would broadcast a wrong shape and cast a wrong dtype without a word."""
+    num_params = sum(int(np.prod(shape)) for shape in shapes.values())
+    model = config.model
+    state_shape = (model.num_layers, config.train.batch_size, model.hidden_size)  # (L, B, H)
+    expected = {f"model.{name}": shape for name, shape in shapes.items()}
+    # Adam's moments and the carried state are optional (not needed to sample), but
+    # each comes as a pair.
+    for pair, shape in ((("optimizer.exp_avg", "optimizer.exp_avg_sq"), (num_params,)),
+                        (("state.h", "state.c"), state_shape)):
+        if any(name in tensors for name in pair):
+            expected.update({name: shape for name in pair})
+    dtype = np.dtype(config.train.dtype)
+    for name, shape in expected.items():
+        if name not in tensors:
+            return f"{name} is missing"
+        if tensors[name].shape != shape:
+            return f"{name} has shape {tensors[name].shape}, expected {shape}"
+        if tensors[name].dtype != dtype:
+            return f"{name} has dtype {tensors[name].dtype}, expected {dtype} (train.dtype)"
+    return None
+
+
 def load(path: Path) -> Checkpoint:
     tensors, payload = read_checkpoint(path)
+    problem = None
     try:
         config = config_from_dict(payload["config"], f"config in {path}")
+        if not isinstance(payload["vocab"], str):
+            raise TypeError
         vocab = Vocab(payload["vocab"])
         shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers)
-        params = Params(shapes, tensors[f"model.{next(iter(shapes))}"].dtype)
-        for name, shape in shapes.items():
-            if tensors[f"model.{name}"].shape != shape:
-                raise ValueError(f"{name} has shape {tensors[f'model.{name}'].shape}, expected {shape}")
-            params[name][...] = tensors[f"model.{name}"]
+        problem = array_problem(tensors, shapes, config)
     except (KeyError, ValueError, TypeError, ConfigError):
-        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent; it cannot be used") from None
+        problem = "its payload"
+    if problem:
+        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent ({problem}); it cannot be used")
+    params = Params(shapes, np.dtype(config.train.dtype))
+    for name in shapes:
+        params[name][...] = tensors[f"model.{name}"]
     moments = state = None
     if "optimizer.exp_avg" in tensors:
         moments = (tensors["optimizer.exp_avg"], tensors["optimizer.exp_avg_sq"])

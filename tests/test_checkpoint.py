@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from charlstm.model import init_params
 
 @pytest.fixture
 def saved(tmp_path):
-    config = load_config(None, ["model.hidden_size=6", "model.num_layers=2"])
+    config = load_config(None, ["model.hidden_size=6", "model.num_layers=2", "train.batch_size=4"])
     vocab = Vocab("\n !abcé🙂")
     params = init_params(vocab.size, 6, 2, 1.0, np.random.default_rng(0))
     rng = np.random.default_rng(3)
@@ -152,10 +153,21 @@ def test_newer_format_version_is_refused_with_what_to_do(saved):
         checkpoint.load(path)
 
 
-def test_arrays_of_the_wrong_shape_are_refused_even_with_a_valid_checksum(saved):
+@pytest.mark.parametrize("name, change, problem", [
+    ("model.lstm.0.b", lambda a: a[:1].copy(), "has shape (1,), expected (24,)"),
+    ("optimizer.exp_avg", lambda a: a[:1].copy(), "has shape (1,), expected"),  # would broadcast
+    ("optimizer.exp_avg_sq", lambda a: a[:-1].copy(), "has shape"),
+    ("state.h", lambda a: a[:, :1].copy(), "has shape (2, 1, 6), expected (2, 4, 6)"),
+    ("state.c", lambda a: a.astype(np.float64), "has dtype float64, expected float32"),
+    ("state.c", None, "is missing"),
+])
+def test_every_array_needs_its_exact_shape_and_dtype_even_with_a_valid_checksum(saved, name, change, problem):
     path, _ = saved
     tensors, payload = checkpoint.read_checkpoint(path)
-    tensors["model.lstm.0.b"] = tensors["model.lstm.0.b"][:1].copy()  # would broadcast if copied in
+    if change is None:
+        del tensors[name]
+    else:
+        tensors[name] = change(tensors[name])
     checkpoint.write_checkpoint(path, tensors, payload)
-    with pytest.raises(CharlstmError, match="incomplete or inconsistent"):
+    with pytest.raises(CharlstmError, match=re.escape(f"incomplete or inconsistent ({name} {problem}")):
         checkpoint.load(path)
