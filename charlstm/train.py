@@ -118,6 +118,8 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
     and the learning rate). A run killed before its first checkpoint starts over.
     """
     run_dir = Path(run_dir)
+    # Everything is read and checked, down to the training state, before anything in
+    # the run directory changes: a resume that fails leaves the run as it was.
     run_info = read_run_info(run_dir)
     last_path = checkpoint_path(run_dir, "last")
     ckpt = checkpoint.load(last_path) if last_path.exists() else None
@@ -142,16 +144,15 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
     data = load_corpus(corpus, config)
     if ckpt is not None and ckpt.vocab != data.vocab:
         raise CharlstmError(f"the vocabulary of {corpus} differs from the checkpoint's; it cannot continue")
+    ts = TrainingState.fresh(config, data.vocab.size) if ckpt is None else TrainingState.from_checkpoint(ckpt, config)
 
     remove_stale_temporary_files(run_dir)
     write_config(run_dir, config)
+    truncate_metrics(run_dir, ts.step)
     if ckpt is None:
-        ts = TrainingState.fresh(config, data.vocab.size)
         echo(f"no checkpoint in {run_dir} yet; starting it again from step 0")
     else:
-        ts = TrainingState.from_checkpoint(ckpt, config)
         echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
-    truncate_metrics(run_dir, ts.step)
     earlier = run_info.get("resumes")
     run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []), {"from_step": ts.step, "command": sys.argv}]
     return run_training(config, data, ts, run_dir, run_info, show_progress, echo)

@@ -56,6 +56,19 @@ def npz_with_object_arrays(path: str) -> str:
 def run_with_corrupt_last(run_dir: str) -> str:
     shutil.copytree("good", run_dir)
     flipped_byte(f"{run_dir}/last.safetensors")
+    write(f"{run_dir}/.last.safetensors.tmp-123", b"half of a checkpoint a killed run left")
+    return run_dir
+
+
+def run_whose_last(run_dir: str, change) -> str:
+    """A copy of the good run whose `last` is checksum-valid but changed by `change(tensors,
+    payload)`, beside the temporary file of a killed write."""
+    shutil.copytree("good", run_dir)
+    last = Path(run_dir, "last.safetensors")
+    tensors, payload = checkpoint.read_checkpoint(last)
+    change(tensors, payload)
+    checkpoint.write_checkpoint(last, tensors, payload)
+    write(f"{run_dir}/.last.safetensors.tmp-123", b"half of a checkpoint a killed run left")
     return run_dir
 
 
@@ -120,6 +133,14 @@ CASES = {
                                "pickles.npz is a zip or .npz archive, not a charlstm checkpoint"),
     "resume from a corrupt checkpoint": (lambda: ["train", "--resume", run_with_corrupt_last("copy")],
                                          "checkpoint copy/last.safetensors is truncated or corrupt"),
+    "resume from a checkpoint without generator states": (
+        lambda: ["train", "--resume", run_whose_last("copy", lambda t, p: p.pop("rng_states")),
+                 "--set", "train.max_steps=20"],
+        "the checkpoint lacks the optimizer, state or generator data a resume needs"),
+    "resume from a checkpoint whose Adam moments would broadcast": (
+        lambda: ["train", "--resume", run_whose_last("copy", lambda t, p: t.update({"optimizer.exp_avg": np.zeros(1, np.float32)})),
+                 "--set", "train.max_steps=20"],
+        "copy/last.safetensors is incomplete or inconsistent (optimizer.exp_avg has shape (1,), expected"),
     "resume of a directory that is no run": (lambda: ["train", "--resume", write_dir("plain")],
                                              "--resume plain: not a charlstm run directory"),
     # run directory
