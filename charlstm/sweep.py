@@ -188,8 +188,8 @@ def check_same_config(run: PlannedRun) -> None:
 
 def train_command(run: PlannedRun, sweep: Sweep, status: str) -> list[str]:
     charlstm = [sys.executable, "-m", "charlstm.cli", "train"]
-    if status == "started":
-        return charlstm + ["--resume", str(run.run_dir), "--quiet"]
+    if status == "started":  # the sweep's corpus, which may have moved since the run began
+        return charlstm + [str(sweep.corpus), "--resume", str(run.run_dir), "--quiet"]
     base = ["--config", str(sweep.base)] if sweep.base else []
     sets = [arg for text in run.sets for arg in ("--set", text)]
     return charlstm + [str(sweep.corpus), *base, *sets, "--out", str(run.run_dir), "--quiet"]

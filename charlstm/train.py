@@ -153,6 +153,7 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
         echo(f"no checkpoint in {run_dir} yet; starting it again from step 0")
     else:
         echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
+    run_info["corpus"] = str(corpus.resolve())  # it may have moved: the next resume looks here
     earlier = run_info.get("resumes")
     run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []), {"from_step": ts.step, "command": sys.argv}]
     return run_training(config, data, ts, run_dir, run_info, show_progress, echo)

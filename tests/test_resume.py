@@ -208,6 +208,19 @@ def test_resume_refuses_other_text_and_non_runs(tiny_corpus, tmp_path):
     assert resume(run_dir, ["train.max_steps=20"], moved, **QUIET).steps == 20
 
 
+def test_a_resume_on_a_moved_corpus_records_it_so_the_printed_command_works(tiny_corpus, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(tiny_config(**{**EXACT, "train.max_steps": 10}), tiny_corpus, run_dir, **QUIET)
+    moved = tmp_path / "moved" / "tiny.txt"
+    moved.parent.mkdir()
+    tiny_corpus.rename(moved)
+    stop_at_steps(monkeypatch, {15})
+    with pytest.raises(TrainingInterrupted, match=f"resume with: charlstm train --resume {run_dir}$"):
+        resume(run_dir, ["train.max_steps=20"], moved, **QUIET)
+    assert json.loads((run_dir / "run.json").read_text())["corpus"] == str(moved.resolve())
+    assert resume(run_dir, **QUIET).steps == 20  # the printed command, without the corpus
+
+
 # ---- real processes: signals, kills and a file-size limit ----
 
 def charlstm(*args: str) -> list[str]:
