@@ -6,8 +6,9 @@ little-endian array bytes; readable by any safetensors library). Its string meta
     format          "charlstm-checkpoint"
     format_version  FORMAT_VERSION; a newer version is refused with what to do
     payload         JSON: charlstm version, resolved config, vocabulary, training
-                    progress (step, epoch, next window, best validation loss), Adam's
-                    step count and the random generators' states
+                    progress (step, epoch, next window, best validation loss, the
+                    losses since the last metrics record), Adam's step count and the
+                    random generators' states
     sha256          over the format name and version, the payload and every array's
                     name, dtype, shape and bytes, so a flipped byte anywhere is caught
                     (version 1 left the name and version out; such files still load)

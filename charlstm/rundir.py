@@ -16,7 +16,6 @@ atomically, so a run killed at any instant can be resumed from its last checkpoi
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,33 +97,15 @@ def write_run_info(run_dir: Path, info: dict) -> None:
 # ---- metrics.jsonl ----
 
 class MetricsLog:
-    """Appends one JSON object per log event to metrics.jsonl; train_loss and
-    chars_per_s cover the training steps since the previous record."""
+    """Appends records to metrics.jsonl, one JSON object a line, each flushed at once
+    so that a killed run loses at most the line being written."""
 
-    def __init__(self, run_dir: Path, chars_per_step: int, started: float):
+    def __init__(self, run_dir: Path):
         self.file = open(run_dir / METRICS, "a", encoding="utf-8")
-        self.chars_per_step = chars_per_step
-        self.started = started
-        self.loss_sum = self.steps = self.seconds = 0.0
-        self.smoothed_loss: float | None = None  # for the progress bar
 
-    def add_step(self, loss: float, seconds: float) -> None:
-        self.loss_sum += loss
-        self.steps += 1
-        self.seconds += seconds
-        self.smoothed_loss = loss if self.smoothed_loss is None else 0.95 * self.smoothed_loss + 0.05 * loss
-
-    @property
-    def chars_per_s(self) -> float:
-        return self.steps * self.chars_per_step / max(self.seconds, 1e-9)
-
-    def write(self, **fields) -> None:
-        record = {"step": fields.pop("step"), "train_loss": self.loss_sum / max(self.steps, 1),
-                  "chars_per_s": self.chars_per_s, "elapsed_s": time.perf_counter() - self.started,
-                  **fields}
+    def write(self, record: dict) -> None:
         self.file.write(strict_json(record) + "\n")
         self.file.flush()
-        self.loss_sum = self.steps = self.seconds = 0.0
 
     def close(self) -> None:
         self.file.close()

@@ -4,6 +4,7 @@ the step."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -27,6 +28,28 @@ def make_rngs(seed: int) -> dict[str, np.random.Generator]:
 
 
 @dataclass
+class LogWindow:
+    """The training steps since the last metrics.jsonl record, which the next record
+    sums up. It is checkpointed, so a run stopped between two records and resumed
+    logs the same records as one that never stopped."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0  # training time of these steps (evaluation and sampling excluded)
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.seconds += seconds
+
+    def chars_per_s(self, chars_per_step: int) -> float:
+        return self.steps * chars_per_step / max(self.seconds, 1e-9)
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+
+@dataclass
 class TrainingState:
     """Everything that changes as training goes; a checkpoint stores all of it."""
 
@@ -41,6 +64,7 @@ class TrainingState:
     # raises max_steps trains on at the schedule's final rate instead of stretching it,
     # so the steps already planned stay exactly as they were.
     schedule_steps: int = 0
+    since_log: LogWindow = field(default_factory=LogWindow)
     # The large per-window arrays of train_step, reused from one step to the next (a
     # step no longer needs the previous step's caches); not checkpointed. See lstm.Workspace.
     workspace: Workspace = field(default_factory=Workspace, repr=False)
@@ -74,6 +98,9 @@ class TrainingState:
             ts.elapsed_s = float(ckpt.progress.get("elapsed_s", 0.0))
             if ts.step > 0:  # at step 0 (e.g. imported weights) the schedule is not yet set
                 ts.schedule_steps = int(ckpt.progress.get("schedule_steps", ckpt.config.train.max_steps))
+            window = ckpt.progress.get("since_log")  # absent before issue 9: start a new window
+            if window is not None:
+                ts.since_log = LogWindow(float(window["loss_sum"]), int(window["steps"]), float(window["seconds"]))
         except (KeyError, TypeError, ValueError):
             raise CharlstmError("the checkpoint lacks the optimizer, state or generator data a resume "
                                 "needs; start a new run (it can still be sampled)") from None
@@ -85,7 +112,8 @@ class TrainingState:
             progress={"step": self.step, "epoch": self.step // windows_per_epoch,
                       "window": self.step % windows_per_epoch,
                       "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
-                      "elapsed_s": self.elapsed_s, "schedule_steps": self.schedule_steps},
+                      "elapsed_s": self.elapsed_s, "schedule_steps": self.schedule_steps,
+                      "since_log": dataclasses.asdict(self.since_log)},
             optimizer_step=self.optimizer.step_count,
             optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
             carried_state=self.carried,

@@ -31,7 +31,7 @@ from .rundir import (MetricsLog, checkpoint_path, prepare_run_dir, read_config, 
                      remove_stale_temporary_files, truncate_metrics, write_config, write_run_info)
 from .sample import generate
 from .signals import STOP_EXIT_CODES, StopNow, StopSignals
-from .state import TrainingState
+from .state import LogWindow, TrainingState
 
 
 class TrainingDiverged(CharlstmError):
@@ -194,7 +194,9 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
     for outcome in ("error", "final_val_loss"):  # of an earlier attempt at this run
         run_info.pop(outcome, None)
     finish("running")
-    log = MetricsLog(run_dir, train_cfg.batch_size * train_cfg.seq_len, clock)
+    log = MetricsLog(run_dir)
+    chars_per_step = train_cfg.batch_size * train_cfg.seq_len
+    smoothed_loss: float | None = None  # for the progress bar and the evaluation line
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
                dynamic_ncols=True, mininterval=0.5, unit="step")
     try:
@@ -208,9 +210,10 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                     raise TrainingDiverged(
                         f"{exc}; {kept_checkpoint(last_path if saved_step is not None else None)}; "
                         f"try a lower train.lr (now {train_cfg.lr:g}) or train.grad_clip") from None
-                log.add_step(loss, time.perf_counter() - step_started)
-                bar.set_postfix_str(f"loss {log.smoothed_loss:.3f} lr {lr:.2e} {log.chars_per_s:,.0f} char/s",
-                                    refresh=False)
+                ts.since_log.add(loss, time.perf_counter() - step_started)
+                smoothed_loss = loss if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * loss
+                bar.set_postfix_str(f"loss {smoothed_loss:.3f} lr {lr:.2e} "
+                                    f"{ts.since_log.chars_per_s(chars_per_step):,.0f} char/s", refresh=False)
                 bar.update(1)
 
                 evaluation = {}
@@ -220,12 +223,16 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                     ts.best_val_loss = min(ts.best_val_loss, val_loss)
                     evaluation = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
                     echo(f"step {ts.step}: val {val_loss:.4f} nats/char ({val_loss / math.log(2):.4f} "
-                         f"bits/char){' (best)' if improved else ''}, train {log.smoothed_loss:.4f}")
+                         f"bits/char){' (best)' if improved else ''}, train {smoothed_loss:.4f}")
                     if improved:
                         save("best")
                 if due(train_cfg.log_every) or evaluation:
-                    log.write(step=ts.step, epoch=ts.step / data.windows_per_epoch, lr=lr,
-                              grad_norm=grad_norm, **evaluation)
+                    log.write({"step": ts.step, "train_loss": ts.since_log.mean_loss(),
+                               "chars_per_s": ts.since_log.chars_per_s(chars_per_step),
+                               "elapsed_s": time.perf_counter() - clock,
+                               "epoch": ts.step / data.windows_per_epoch, "lr": lr, "grad_norm": grad_norm,
+                               **evaluation})
+                    ts.since_log = LogWindow()
                 if train_cfg.sample_length and due(train_cfg.sample_every):
                     text = "".join(generate(ts.params, data.vocab, train_cfg.sample_length,
                                             temperature=0.8, rng=ts.rngs["sample"]))
