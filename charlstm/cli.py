@@ -7,6 +7,7 @@ show a traceback.
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from datetime import datetime
@@ -226,6 +227,10 @@ def sweep(sweep_file, jobs, out):
 
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
+    # Text decoded with e.g. unicode_escape may hold lone surrogates, which no output
+    # encoding can write: print them as \udXXX escapes instead of failing midway.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:

@@ -54,8 +54,12 @@ def _betas(v) -> str | None:
 
 def _encoding(v) -> str | None:
     try:
-        codecs.lookup(v)
+        codec = codecs.lookup(v)
     except LookupError:
+        codec = None
+    # Python's codecs include bytes-to-bytes and str-to-str transforms (hex, base64,
+    # zlib, rot13); only a text encoding decodes a file's bytes into characters.
+    if codec is None or not codec._is_text_encoding:
         return "a text encoding Python knows (e.g. utf-8, latin-1)"
     return None
 

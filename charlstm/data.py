@@ -34,7 +34,7 @@ class Vocab:
     chars: str
 
     def __post_init__(self):
-        codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
+        codes = _code_points(self.chars)
         lookup = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int64)
         lookup[codes] = np.arange(len(codes))
         object.__setattr__(self, "_lookup", lookup)
@@ -90,6 +90,9 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                 raise CharlstmError(
                     f"{path}: byte {at} is not valid {encoding} ({exc.reason}); "
                     "fix the file or set data.encoding") from None
+            except UnicodeError as exc:  # some codecs (e.g. undefined, idna) name no byte
+                raise CharlstmError(f"{path} cannot be decoded as {encoding} ({exc}); "
+                                    "fix the file or set data.encoding") from None
             offset += len(chunk)
             if text:
                 yield text

@@ -53,7 +53,10 @@ def vocab_path_for(out: Path) -> Path:
 
 
 def write_vocab(path: Path, vocab: Vocab) -> None:
-    atomic_write(path, (json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n").encode("utf-8"))
+    text = json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n"
+    # A lone surrogate (text decoded with e.g. unicode_escape) has no UTF-8 form;
+    # backslashreplace writes it as \udXXX, which is its escape in JSON too.
+    atomic_write(path, text.encode("utf-8", "backslashreplace"))
 
 
 def read_vocab(path: Path) -> Vocab:

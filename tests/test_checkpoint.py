@@ -47,6 +47,13 @@ def test_round_trip_restores_everything_exactly(saved):
     assert restored.random() == np.random.default_rng(3).random()
 
 
+def test_a_vocabulary_with_a_lone_surrogate_round_trips(saved):
+    path, ckpt = saved
+    ckpt.vocab = Vocab("\n !abcé\ud800")  # text decoded with unicode_escape may hold one
+    checkpoint.save(path, ckpt)
+    assert checkpoint.load(path).vocab == ckpt.vocab
+
+
 def test_write_leaves_no_temporary_files_and_replaces_atomically(saved):
     path, ckpt = saved
     checkpoint.save(path, ckpt)

@@ -56,6 +56,9 @@ def test_overrides_are_typed_and_win_over_the_file(tmp_path):
     ("train.seq_len=1" + "0" * 400, "'train.seq_len' must be an integer that fits in 64 bits"),
     ("train.lr_schedule=linear", "one of constant, cosine, exponential"),
     ("data.encoding=klingon", "'data.encoding' must be a text encoding"),
+    # codecs Python has that are no text encoding: bytes to bytes, or str to str
+    *[(f"data.encoding={codec}", "'data.encoding' must be a text encoding")
+      for codec in ("hex", "base64", "zlib", "bz2", "uu", "quopri", "rot13")],
     ("train.betas=[0.9]", "'train.betas' must be a list of two numbers"),
     ("data.val_fraction=0", "'data.val_fraction' must be in (0, 0.5]"),
     ("train.lr", "--set expects section.key=value"),
