@@ -60,7 +60,7 @@ class Checkpoint:
 
 def _digest(format_version: str, payload: str, tensors: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
-    if format_version != "1":
+    if format_version != "1":  # version 1 covered only the payload and the arrays
         digest.update(f"{FORMAT_NAME}:{format_version}\n".encode("utf-8"))
     digest.update(payload.encode("utf-8"))
     for name in sorted(tensors):
@@ -170,7 +170,6 @@ def array_problem(tensors: dict[str, np.ndarray], shapes: dict[str, tuple], conf
 
 def load(path: Path) -> Checkpoint:
     tensors, payload = read_checkpoint(path)
-    problem = None
     try:
         config = config_from_dict(payload["config"], f"config in {path}")
         if not isinstance(payload["vocab"], str):

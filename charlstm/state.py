@@ -4,9 +4,8 @@ the step."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -113,7 +112,7 @@ class TrainingState:
                       "window": self.step % windows_per_epoch,
                       "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
                       "elapsed_s": self.elapsed_s, "schedule_steps": self.schedule_steps,
-                      "since_log": dataclasses.asdict(self.since_log)},
+                      "since_log": asdict(self.since_log)},
             optimizer_step=self.optimizer.step_count,
             optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
             carried_state=self.carried,
