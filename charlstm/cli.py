@@ -7,7 +7,7 @@ show a traceback.
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import sys
 from datetime import datetime
@@ -21,6 +21,8 @@ from . import __version__, checkpoint
 from .config import load_config
 from .data import read_corpus_with_vocab
 from .errors import CharlstmError
+from .files import strict_json
+from .rundir import checkpoint_path
 
 BUNDLED_CORPUS = "corpus.txt"
 # How NumPy refuses an array larger than any machine's memory (it raises ValueError,
@@ -75,7 +77,7 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
         result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
-    click.echo(f"sample: charlstm sample --ckpt {out / ('best' + checkpoint.EXTENSION)}")
+    click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
 
 
 @cli.command()
@@ -130,7 +132,7 @@ def evaluate_command(ckpt_path, file, as_json):
     result = {"file": str(file), "chars": int(len(ids)), "loss_nats": loss,
               "bits_per_char": loss / math.log(2), "perplexity": math.exp(loss)}
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(strict_json(result))
     else:
         click.echo(f"{file}: {loss:.4f} nats/char, {result['bits_per_char']:.4f} bits/char, "
                    f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")
@@ -225,6 +227,10 @@ def sweep(sweep_file, jobs, out):
 
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
+    # Text decoded with e.g. unicode_escape may hold lone surrogates, which no output
+    # encoding can write: print them as \udXXX escapes instead of failing midway.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:

@@ -29,9 +29,10 @@ import safetensors
 import safetensors.numpy
 
 from . import checkpoint
-from .config import Config, config_from_dict, config_to_dict, load_config, save_config
-from .data import Vocab
+from .config import Config, config_from_dict, config_to_dict, load_config
+from .data import Vocab, file_sha256, load_corpus
 from .errors import CharlstmError
+from .files import atomic_write, existing_file
 from .interop import (
     from_keras_weights,
     from_torch_state_dict,
@@ -39,7 +40,8 @@ from .interop import (
     to_torch_state_dict,
 )
 from .model import Params, zero_state
-from .train import file_sha256, load_corpus, make_rngs, prepare_run_dir, write_json
+from .rundir import checkpoint_path, prepare_run_dir, write_config, write_run_info
+from .state import make_rngs
 
 FORMATS = ("torch", "keras")
 EXTENSIONS = {"torch": ".safetensors", "keras": ".npz"}
@@ -51,18 +53,17 @@ def vocab_path_for(out: Path) -> Path:
 
 
 def write_vocab(path: Path, vocab: Vocab) -> None:
-    checkpoint.atomic_write(path, (json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n").encode("utf-8"))
+    text = json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n"
+    # A lone surrogate (text decoded with e.g. unicode_escape) has no UTF-8 form;
+    # backslashreplace writes it as \udXXX, which is its escape in JSON too.
+    atomic_write(path, text.encode("utf-8", "backslashreplace"))
 
 
 def read_vocab(path: Path) -> Vocab:
     """A vocabulary file: {"chars": "..."} or a JSON list of one-character strings."""
-    path = Path(path)
+    path = existing_file(path, "vocabulary file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CharlstmError(f"vocabulary file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CharlstmError(f"vocabulary file {path} is a directory") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CharlstmError(f"vocabulary file {path} is not UTF-8 JSON; expected "
                             '{"chars": "..."} or a list of characters') from None
@@ -108,17 +109,14 @@ def export_checkpoint(ckpt_path: Path, fmt: str, out: Path, force: bool = False)
         data = buffer.getvalue()
     else:
         raise AssertionError(f"unknown export format {fmt}")
-    checkpoint.atomic_write(out, data)
+    atomic_write(out, data)
     write_vocab(vocab_path, ckpt.vocab)
     return [out, vocab_path]
 
 
 def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:
     """Arrays of a safetensors (torch) or .npz (keras) file, never unpickling anything."""
-    path = Path(path)
-    if not path.is_file():
-        raise CharlstmError(f"weights file {path} does not exist" if not path.exists()
-                            else f"weights file {path} is not a file")
+    path = existing_file(path, "weights file")
     try:
         if fmt == "torch":
             return safetensors.numpy.load(path.read_bytes())
@@ -177,12 +175,12 @@ def import_as_run(weights_path: Path, fmt: str, vocab_path: Path, run_dir: Path,
                             f"{ckpt.vocab.size} ({ckpt.vocab.chars!r})")
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, force=False)
-    save_config(ckpt.config, run_dir / "config.yaml")
-    write_json(run_dir / "run.json", {
+    write_config(run_dir, ckpt.config)
+    write_run_info(run_dir, {
         "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(Path(corpus)),
         "vocab_size": ckpt.vocab.size, "num_params": int(ckpt.params.flat.size),
         "imported_from": str(weights_path), "status": "imported"})
-    checkpoint.save(run_dir / ("last" + checkpoint.EXTENSION), ckpt)
+    checkpoint.save(checkpoint_path(run_dir, "last"), ckpt)
     return ckpt
 
 

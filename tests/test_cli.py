@@ -60,9 +60,24 @@ def test_several_samples_are_printed_one_after_another_under_headers(trained, ca
     assert greedy == [capsys.readouterr().out] * 3
 
 
+def test_text_with_a_lone_surrogate_trains_samples_and_exports(tmp_path, capsys):
+    """unicode_escape reads the six characters \\ud800 as a lone surrogate, which no
+    output encoding can write: it is printed and exported as its escape."""
+    corpus = tmp_path / "escaped.txt"
+    corpus.write_text("the cat \\ud800 sat on the mat.\n" * 60, encoding="ascii")
+    run_dir = tmp_path / "run"
+    assert main(["train", str(corpus), "--out", str(run_dir), *TINY, "--set", "data.encoding=unicode_escape"]) == 0
+    capsys.readouterr()
+    ckpt = str(run_dir / "last.safetensors")
+    assert main(["sample", "--ckpt", ckpt, "--length", "5", "--prime", "the \ud800"]) == 0
+    assert capsys.readouterr().out.startswith("the \\ud800")
+    assert main(["export", "--ckpt", ckpt, "--to", "torch", str(tmp_path / "w.safetensors")]) == 0
+    assert "\ud800" in json.loads((tmp_path / "w.vocab.json").read_text(encoding="utf-8"))["chars"]
+
+
 def test_installed_console_script_runs(tmp_path):
     """The `charlstm` entry point itself, as a user runs it."""
     result = subprocess.run([sys.executable, "-m", "charlstm.cli", "train", str(tmp_path / "none.txt")],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {tmp_path / 'none.txt'} does not exist"
+    assert result.stderr.strip() == f"error: corpus {tmp_path / 'none.txt'} does not exist"

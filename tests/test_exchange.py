@@ -11,7 +11,7 @@ from charlstm import checkpoint
 from charlstm.cli import main
 from charlstm.exchange import read_vocab, vocab_path_for
 from charlstm.model import logits, zero_state
-from charlstm.train import TrainingState
+from charlstm.state import TrainingState
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from charlstm import checkpoint, train as train_module
 from charlstm.data import read_corpus
 from charlstm.errors import CharlstmError
 from charlstm.model import forward, init_params, zero_state
-from charlstm.train import TrainingDiverged, evaluate, train
+from charlstm.evaluate import evaluate
+from charlstm.train import TrainingDiverged, train
 from conftest import tiny_config
 
 
