@@ -47,3 +47,18 @@ def numeric_gradient(objective, array, eps=1e-5):
         array[index] = saved
         gradient[index] = (plus - minus) / (2 * eps)
     return gradient
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """best.safetensors of a 2x32 model trained until its argmax text is the corpus's
+    sentences (300 steps, about a second): the checkpoint the export tests use."""
+    from charlstm.cli import main
+
+    root = tmp_path_factory.mktemp("small_model")
+    corpus = write_tiny_corpus(root)
+    assert main(["train", str(corpus), "--out", str(root / "run"), "--quiet",
+                 "--set", "model.hidden_size=32", "--set", "train.max_steps=300",
+                 "--set", "train.batch_size=8", "--set", "train.seq_len=32", "--set", "train.lr=0.01",
+                 "--set", "train.eval_every=100", "--set", "train.sample_length=0"]) == 0
+    return root / "run" / "best.safetensors"
