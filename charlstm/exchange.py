@@ -61,8 +61,8 @@ def vocab_path_for(out: Path) -> Path:
     return out.with_name(stem + ".vocab.json")
 
 
-def write_vocab(path: Path, vocab: Vocab) -> None:
-    checkpoint.atomic_write(path, (json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n").encode("utf-8"))
+def vocab_bytes(vocab: Vocab) -> bytes:
+    return (json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def read_vocab(path: Path) -> Vocab:
@@ -145,9 +145,13 @@ def export_checkpoint(ckpt_path: Path, fmt: str, out: Path, force: bool = False,
     if float16 and fmt != "html":
         raise CharlstmError("--float16 applies to --to html only")
     check_export_name(fmt, out)
-    check_outputs(export_outputs(fmt, out), [Path(ckpt_path)], force)
     ckpt = checkpoint.load(ckpt_path)
     params, vocab = ckpt.params, ckpt.vocab
+    vocab_path = vocab_path_for(out)
+    # The same vocabulary already beside (e.g. from --to torch, then --to keras) is no clash.
+    same_vocab = vocab_path.is_file() and vocab_path.read_bytes() == vocab_bytes(vocab)
+    check_outputs([path for path in export_outputs(fmt, out) if not (path == vocab_path and same_vocab)],
+                  [Path(ckpt_path)], force)
     if fmt == "torch":
         data = safetensors.numpy.save(to_torch_state_dict(params))
         back = from_torch_state_dict(safetensors.numpy.load(data))
@@ -163,11 +167,11 @@ def export_checkpoint(ckpt_path: Path, fmt: str, out: Path, force: bool = False,
         files, checks = export_page(params, vocab, out, float16)
     else:
         raise AssertionError(f"unknown export format {fmt}")
+    if fmt in ("torch", "keras"):
+        files[vocab_path] = vocab_bytes(vocab)
     for path, data in files.items():
         checkpoint.atomic_write(path, data)
-    if fmt in ("torch", "keras"):
-        write_vocab(vocab_path_for(out), vocab)
-    return export_outputs(fmt, out), checks
+    return list(files), checks
 
 
 def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:

@@ -38,7 +38,8 @@ def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp
     assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == [f"wrote {out}", f"wrote {tmp_path / 'model.vocab.json'}"]
-    assert lines[2].startswith("checked: the safetensors file read back gives the checkpoint's logits") and len(lines) == 3
+    assert len(lines) == 3
+    assert lines[2].startswith("checked: the safetensors file read back gives the checkpoint's logits")
     ckpt = checkpoint.load(trained_ckpt)
     params = ckpt.params
     assert json.loads((tmp_path / "model.vocab.json").read_text(encoding="utf-8")) == {"chars": ckpt.vocab.chars}
@@ -241,3 +242,25 @@ def test_import_as_a_run_refuses_a_corpus_with_other_characters(trained_ckpt, tm
                            (["--run-dir", "b"], "--run-dir and --corpus go together")):
         assert main(["import", "--from", "torch", str(weights), "--vocab", str(vocab), *args]) == 1
         assert fragment in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.PTH", "model.bin"])
+def test_export_torch_refuses_a_name_torch_load_would_try(trained_ckpt, tmp_path, capsys, name):
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / name)]) == 1
+    line = one_error_line(capsys)
+    assert "--to torch writes safetensors, which torch.load cannot open; name it model.safetensors" in line
+    assert 'safetensors.torch.load_file("model.safetensors")' in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_and_keras_exports_of_one_checkpoint_share_its_vocabulary_file(trained_ckpt, tmp_path, capsys):
+    pytest.importorskip("h5py", reason="the keras extra is not installed (pip install '.[keras]')")
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / "my.safetensors")]) == 0
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "keras", str(tmp_path / "my.weights.h5")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my.safetensors", "my.vocab.json", "my.weights.h5"]
+    other = tmp_path / "other.vocab.json"
+    other.write_text('{"chars": "xy"}', encoding="utf-8")  # a different vocabulary is still never replaced
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / "other.safetensors")]) == 1
+    assert "other.vocab.json already exists" in one_error_line(capsys)
