@@ -1,5 +1,6 @@
 """`charlstm export` and `charlstm import`: PyTorch and Keras files, vocabularies, refusals."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -60,7 +61,11 @@ def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp
     np.testing.assert_allclose(ours, torch_logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fmt, suffix", [("torch", ".safetensors"), ("keras", ".weights.h5")])
+@pytest.mark.parametrize("fmt, suffix", [
+    ("torch", ".safetensors"),
+    pytest.param("keras", ".weights.h5", marks=pytest.mark.skipif(
+        importlib.util.find_spec("h5py") is None, reason="the keras extra is not installed (pip install '.[keras]')")),
+])
 def test_export_import_export_round_trip_is_exact(trained_ckpt, tmp_path, fmt, suffix, capsys):
     first, second = tmp_path / f"first{suffix}", tmp_path / f"second{suffix}"
     imported = tmp_path / "imported.safetensors"
