@@ -5,7 +5,7 @@ model as JSON in a <script type="application/json" id="charlstm-model"> element:
 
     chars        the vocabulary; character id i is the i-th code point
     vocab_size, hidden_size, num_layers
-    dtype        "float32", or "float16" (half the size; logits move by ~1e-3)
+    dtype        "float32", or "float16" (half the size; logits move by a few 1e-3)
     tensors      name -> [offset in elements, shape]: every parameter (model.py's
                  names and layouts) and init.h, init.c (L, H), the initial state
     data         base64 of all tensors, little-endian, one after another
