@@ -56,25 +56,28 @@ def _ifgo_to_iofc(array: np.ndarray, hidden: int) -> np.ndarray:
     return np.concatenate([i, o, f, g], axis=0)
 
 
+def _f32(array) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def build_model(params: Params, vocab: Vocab, graph: str):
     """The step model (graph="step") or the sequence model (graph="sequence")."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     num_layers, hidden, vocab_size = params.num_layers, params.hidden_size, params.vocab_size
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     h0, c0 = initial_state(params)
     initializers = [
-        numpy_helper.from_array(f32(h0[:, None, :]), "h"),  # defaults of the state inputs
-        numpy_helper.from_array(f32(c0[:, None, :]), "c"),
+        numpy_helper.from_array(_f32(h0[:, None, :]), "h"),  # defaults of the state inputs
+        numpy_helper.from_array(_f32(c0[:, None, :]), "c"),
         numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "one_hot_values"),
         numpy_helper.from_array(np.array([vocab_size], np.int64), "vocab_size"),
         numpy_helper.from_array(np.array([num_layers], np.int64), "num_layers"),
         numpy_helper.from_array(np.array([hidden], np.int64), "hidden_size"),
         numpy_helper.from_array(np.array([0], np.int64), "axis_0"),
         numpy_helper.from_array(np.array([1], np.int64), "axis_1"),
-        numpy_helper.from_array(f32(params["head.W_y"]), "head.W_y"),
-        numpy_helper.from_array(f32(params["head.b_y"]), "head.b_y"),
+        numpy_helper.from_array(_f32(params["head.W_y"]), "head.W_y"),
+        numpy_helper.from_array(_f32(params["head.b_y"]), "head.b_y"),
     ]
     nodes = []
     if graph == "step":
@@ -90,9 +93,9 @@ def build_model(params: Params, vocab: Vocab, graph: str):
     for layer in range(num_layers):
         W_x, W_h, b = (params[f"lstm.{layer}.{n}"] for n in ("W_x", "W_h", "b"))
         initializers += [
-            numpy_helper.from_array(f32(_ifgo_to_iofc(W_x.T, hidden)[None]), f"lstm.{layer}.W"),
-            numpy_helper.from_array(f32(_ifgo_to_iofc(W_h.T, hidden)[None]), f"lstm.{layer}.R"),
-            numpy_helper.from_array(f32(np.concatenate([_ifgo_to_iofc(b, hidden), np.zeros_like(b)])[None]),
+            numpy_helper.from_array(_f32(_ifgo_to_iofc(W_x.T, hidden)[None]), f"lstm.{layer}.W"),
+            numpy_helper.from_array(_f32(_ifgo_to_iofc(W_h.T, hidden)[None]), f"lstm.{layer}.R"),
+            numpy_helper.from_array(_f32(np.concatenate([_ifgo_to_iofc(b, hidden), np.zeros_like(b)])[None]),
                                     f"lstm.{layer}.B"),
             numpy_helper.from_array(np.array([layer], np.int64), f"layer_{layer}"),
             numpy_helper.from_array(np.array([layer + 1], np.int64), f"layer_{layer}_end"),
@@ -119,10 +122,10 @@ def build_model(params: Params, vocab: Vocab, graph: str):
         nodes.append(helper.make_node("Add", ["head_product", "head.b_y"], ["logits"]))
         ids_input = helper.make_tensor_value_info("ids", TensorProto.INT64, ["T", "N"])
         logits_output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", "N", vocab_size])
-    state = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [num_layers, "N", hidden])  # noqa: E731
-    onnx_graph = helper.make_graph(
-        nodes, f"charlstm_{graph}", [ids_input, state("h"), state("c")],
-        [logits_output, state("h_out"), state("c_out")], initializers)
+    h, c, h_out, c_out = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [num_layers, "N", hidden])
+                          for name in ("h", "c", "h_out", "c_out"))
+    onnx_graph = helper.make_graph(nodes, f"charlstm_{graph}", [ids_input, h, c], [logits_output, h_out, c_out],
+                                   initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="charlstm", producer_version=__version__,
                               doc_string=f"charlstm {num_layers}x{hidden} LSTM character model, {graph} "
