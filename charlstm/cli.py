@@ -138,25 +138,33 @@ def evaluate_command(ckpt_path, file, as_json):
                    f"perplexity {result['perplexity']:.3f} over {len(ids):,} characters")
 
 
-@cli.command("export", short_help="Write a checkpoint's weights for PyTorch or Keras.")
+@cli.command("export", short_help="Write a checkpoint's model for PyTorch, Keras, ONNX or a web page.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
-@click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras"]),
-              help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: .npz of LSTM + Dense weights.")
+@click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras", "onnx", "html"]),
+              help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: Keras 3 .weights.h5 of "
+                   "LSTM + Dense; onnx: OUT (step model) and OUT.seq.onnx (sequence model); html: one "
+                   "page that samples offline.")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Replace OUT and its .vocab.json if they exist.")
-def export_command(ckpt_path, fmt, out, force):
-    """Write a checkpoint's weights for PyTorch or Keras to OUT, and its vocabulary
-    to OUT's name with .vocab.json (see README, Interoperability)."""
+@click.option("--float16", is_flag=True, help="html: store the weights as float16 (half the size).")
+@click.option("--force", is_flag=True, help="Replace OUT and the files written beside it if they exist.")
+def export_command(ckpt_path, fmt, out, float16, force):
+    """Write a checkpoint's model to OUT (torch and keras: its vocabulary to OUT's name
+    with .vocab.json beside it), after running the written model on a few characters
+    and comparing its logits with the checkpoint's (see README, Interoperability)."""
     from .exchange import export_checkpoint
 
-    for path in export_checkpoint(ckpt_path, fmt, out, force):
+    paths, checks = export_checkpoint(ckpt_path, fmt, out, force, float16)
+    for path in paths:
         click.echo(f"wrote {path}")
+    for line in checks:
+        click.echo(line)
 
 
 @cli.command("import", short_help="Make a checkpoint or a run from PyTorch/Keras weights.")
 @click.option("--from", "fmt", required=True, type=click.Choice(["torch", "keras"]),
-              help="torch: safetensors state dict (lstm.*, head.*); keras: .npz as `export --to keras` writes.")
+              help="torch: safetensors state dict (lstm.*, head.*); keras: Keras 3 .weights.h5 "
+                   "(or the .npz earlier versions exported).")
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--vocab", "vocab_path", required=True, type=click.Path(path_type=Path),
               help='JSON vocabulary: {"chars": "..."} or a list of characters, in id order.')
@@ -191,11 +199,16 @@ def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path, 
 @cli.command(short_help="Show a checkpoint: config, vocabulary, sizes, gate norms.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
-def info(ckpt_path):
+@click.option("--json", "as_json", is_flag=True, help="Print the same facts as one JSON object.")
+def info(ckpt_path, as_json):
     """Config, vocabulary, parameters, per-gate norms and progress of a checkpoint."""
-    from .info import describe
+    from .info import describe, summary
 
-    click.echo(describe(checkpoint.load(ckpt_path), str(ckpt_path)))
+    ckpt = checkpoint.load(ckpt_path)
+    if as_json:
+        click.echo(json.dumps(summary(ckpt, str(ckpt_path)), ensure_ascii=False))
+    else:
+        click.echo(describe(ckpt, str(ckpt_path)))
 
 
 @cli.command(short_help="Plot loss curves of runs against step and wall time.")

@@ -10,6 +10,7 @@ import pytest
 
 from charlstm import checkpoint
 from charlstm.cli import main
+from charlstm.interop import to_keras_weights
 from conftest import write_tiny_corpus
 
 TINY = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4", "--set", "train.seq_len=12",
@@ -78,10 +79,12 @@ def exported(path: str) -> str:
 
 
 def keras_with_strings(path: str) -> str:
-    assert main(["export", "--ckpt", GOOD_CKPT, "--to", "keras", path]) == 0
-    weights = dict(np.load(path))
+    """Keras weights (the .npz that earlier versions exported) whose dense kernel is text."""
+    assert main(["export", "--ckpt", GOOD_CKPT, "--to", "torch", "k.safetensors"]) == 0
+    weights = to_keras_weights(checkpoint.load(GOOD_CKPT).params)
     weights["dense/kernel"] = weights["dense/kernel"].astype(str)
     np.savez(path, **weights)
+    Path("k.vocab.json").rename(Path(path).with_suffix(".vocab.json"))
     return path
 
 
@@ -154,8 +157,8 @@ CASES = {
     # export and import never write over an input or, without --force, an existing file
     "export over its own checkpoint": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "torch", GOOD_CKPT, "--force"],
                                        "good/last.safetensors is also an input"),
-    "export over a file": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "keras", write("taken.npz", "mine")],
-                           "taken.npz already exists; choose another name or pass --force"),
+    "export over a file": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "keras", write("taken.weights.h5", "mine")],
+                           "taken.weights.h5 already exists; choose another name or pass --force"),
     "import over a checkpoint": (lambda: ["import", "--from", "torch", exported("w.safetensors"), "--vocab",
                                           "w.vocab.json", "--out", "good/best.safetensors"],
                                  "good/best.safetensors already exists"),
