@@ -6,24 +6,25 @@ little-endian array bytes; readable by any safetensors library). Its string meta
     format          "charlstm-checkpoint"
     format_version  FORMAT_VERSION; a newer version is refused with what to do
     payload         JSON: charlstm version, resolved config, vocabulary, training
-                    progress (step, epoch, next window, best validation loss), Adam's
-                    step count and the random generators' states
-    sha256          over the payload and every array's name, dtype, shape and bytes,
-                    so a flipped byte anywhere is caught
+                    progress (step, epoch, next window, best validation loss, the
+                    losses since the last metrics record), Adam's step count and the
+                    random generators' states
+    sha256          over the format name and version, the payload and every array's
+                    name, dtype, shape and bytes, so a flipped byte anywhere is caught
+                    (version 1 left the name and version out; such files still load)
 
 Arrays: `model.<param name>` (see model.py), and for resuming `optimizer.exp_avg`,
 `optimizer.exp_avg_sq` (flat, same order as the parameters) and `state.h`,
 `state.c` (L, B, H), the carried state of every stream and layer.
 
-Writes go to a temporary file in the same directory, are fsynced, then renamed over
-the target with os.replace: a crash at any instant leaves the previous file whole.
+Writes go through files.atomic_write: a crash at any instant leaves the previous file
+whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +35,14 @@ from . import __version__
 from .config import Config, ConfigError, config_from_dict, config_to_dict, with_legacy_defaults
 from .data import Vocab
 from .errors import CharlstmError
+from .files import atomic_write, existing_file
 from .model import Params, param_shapes
 
 FORMAT_NAME = "charlstm-checkpoint"
-FORMAT_VERSION = 1
+# Version 2 brought the format name and version under the sha256. Later versions must
+# keep that digest rule: it is how an older charlstm tells a newer file (whose digest
+# verifies) from a damaged one (a flipped bit in the version read as "newer" in v1).
+FORMAT_VERSION = 2
 EXTENSION = ".safetensors"
 
 
@@ -53,35 +58,11 @@ class Checkpoint:
     rng_states: dict = field(default_factory=dict)  # name -> bit_generator.state
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers only ever see the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CharlstmError(
-            f"could not write {path}: {exc.strerror or exc}; the previous file is untouched") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256(payload.encode("utf-8"))
+def _digest(format_version: str, payload: str, tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    if format_version != "1":  # version 1 covered only the payload and the arrays
+        digest.update(f"{FORMAT_NAME}:{format_version}\n".encode("utf-8"))
+    digest.update(payload.encode("utf-8"))
     for name in sorted(tensors):
         array = np.ascontiguousarray(tensors[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
@@ -89,25 +70,23 @@ def _digest(payload: str, tensors: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], payload: dict) -> None:
+def write_checkpoint(path: Path, tensors: dict[str, np.ndarray], payload: dict,
+                     format_version: int = FORMAT_VERSION) -> None:
+    """`format_version` other than the current one is for tests of older and newer files."""
     payload_json = json.dumps(payload, sort_keys=True, allow_nan=False)
     tensors = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
     metadata = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(format_version),
         "payload": payload_json,
-        "sha256": _digest(payload_json, tensors),
+        "sha256": _digest(str(format_version), payload_json, tensors),
     }
     atomic_write(path, safetensors.numpy.save(tensors, metadata=metadata))
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays and payload of a checkpoint file, or a CharlstmError saying why not."""
-    path = Path(path)
-    if not path.exists():
-        raise CharlstmError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CharlstmError(f"checkpoint {path} is a directory; pass a {EXTENSION} file")
+    path = existing_file(path, "checkpoint")
     data = path.read_bytes()
     not_ours = CharlstmError(f"{path} is not a charlstm checkpoint")
     corrupt = CharlstmError(f"checkpoint {path} is truncated or corrupt; use another checkpoint (e.g. best/last)")
@@ -126,25 +105,23 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         raise corrupt from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise not_ours
+    version_text = str(metadata.get("format_version"))
     try:
-        version = int(metadata.get("format_version", ""))
-    except ValueError:
+        version = int(version_text)
+        tensors = safetensors.numpy.load(data)
+        payload_json = metadata["payload"]
+        intact = version >= 1 and _digest(version_text, payload_json, tensors) == metadata.get("sha256")
+    except Exception:  # safetensors raises its own error types for malformed files
         raise corrupt from None
-    if version < 1:  # the version is outside the sha256, so a flipped bit must show here
+    if not intact:
         raise corrupt
-    if version > FORMAT_VERSION:
+    if version > FORMAT_VERSION:  # intact under its own version's digest: really newer
         raise CharlstmError(
             f"checkpoint {path} has format version {version}, newer than this charlstm "
             f"({__version__}) reads ({FORMAT_VERSION}); upgrade charlstm")
     try:
-        tensors = safetensors.numpy.load(data)
-        payload_json = metadata["payload"]
-        if _digest(payload_json, tensors) != metadata.get("sha256"):
-            raise corrupt
         payload = json.loads(payload_json)
-    except CharlstmError:
-        raise
-    except Exception:  # safetensors raises its own error types for malformed files
+    except ValueError:
         raise corrupt from None
     return tensors, payload
 
@@ -166,20 +143,48 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     write_checkpoint(path, tensors, payload)
 
 
+def array_problem(tensors: dict[str, np.ndarray], shapes: dict[str, tuple], config: Config) -> str | None:
+    """What is wrong with a checkpoint's arrays for its config, or None. Shapes and
+    dtypes must match exactly: loading and resuming copy the arrays into place, and
+    NumPy would broadcast a wrong shape and cast a wrong dtype without a word."""
+    num_params = sum(int(np.prod(shape)) for shape in shapes.values())
+    model = config.model
+    state_shape = (model.num_layers, config.train.batch_size, model.hidden_size)  # (L, B, H)
+    expected = {f"model.{name}": shape for name, shape in shapes.items()}
+    # Adam's moments and the carried state are optional (not needed to sample), but
+    # each comes as a pair.
+    for pair, shape in ((("optimizer.exp_avg", "optimizer.exp_avg_sq"), (num_params,)),
+                        (("state.h", "state.c"), state_shape)):
+        if any(name in tensors for name in pair):
+            expected.update({name: shape for name in pair})
+    dtype = np.dtype(config.train.dtype)
+    for name, shape in expected.items():
+        if name not in tensors:
+            return f"{name} is missing"
+        if tensors[name].shape != shape:
+            return f"{name} has shape {tensors[name].shape}, expected {shape}"
+        if tensors[name].dtype != dtype:
+            return f"{name} has dtype {tensors[name].dtype}, expected {dtype} (train.dtype)"
+    return None
+
+
 def load(path: Path) -> Checkpoint:
     tensors, payload = read_checkpoint(path)
     try:
         config = config_from_dict(with_legacy_defaults(payload["config"]), f"config in {path}")
+        if not isinstance(payload["vocab"], str):
+            raise TypeError
         vocab = Vocab(payload["vocab"])
         shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers,
                               config.model.initial_state == "learned")
-        params = Params(shapes, tensors[f"model.{next(iter(shapes))}"].dtype)
-        for name, shape in shapes.items():
-            if tensors[f"model.{name}"].shape != shape:
-                raise ValueError(f"{name} has shape {tensors[f'model.{name}'].shape}, expected {shape}")
-            params[name][...] = tensors[f"model.{name}"]
+        problem = array_problem(tensors, shapes, config)
     except (KeyError, ValueError, TypeError, ConfigError):
-        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent; it cannot be used") from None
+        problem = "its payload"
+    if problem:
+        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent ({problem}); it cannot be used")
+    params = Params(shapes, np.dtype(config.train.dtype))
+    for name in shapes:
+        params[name][...] = tensors[f"model.{name}"]
     moments = state = None
     if "optimizer.exp_avg" in tensors:
         moments = (tensors["optimizer.exp_avg"], tensors["optimizer.exp_avg_sq"])

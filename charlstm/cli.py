@@ -7,7 +7,7 @@ show a traceback.
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import sys
 from datetime import datetime
@@ -21,6 +21,8 @@ from . import __version__, checkpoint
 from .config import load_config
 from .data import read_corpus_with_vocab
 from .errors import CharlstmError
+from .files import strict_json
+from .rundir import checkpoint_path
 
 BUNDLED_CORPUS = "corpus.txt"
 # How NumPy refuses an array larger than any machine's memory (it raises ValueError,
@@ -75,7 +77,7 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
         result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
-    click.echo(f"sample: charlstm sample --ckpt {out / ('best' + checkpoint.EXTENSION)}")
+    click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
 
 
 @cli.command()
@@ -138,33 +140,41 @@ def evaluate_command(ckpt_path, file, streams, warmup, as_json):
     result = evaluate(ckpt.params, ids, streams or train_cfg.eval_streams, train_cfg.seq_len,
                       train_cfg.eval_warmup if warmup is None else warmup)
     if as_json:
-        click.echo(json.dumps({"file": str(file), "chars": result.chars, "loss_nats": result.loss,
-                               "bits_per_char": result.bits_per_char, "perplexity": math.exp(result.loss),
-                               "streams": result.streams, "warmup_chars": result.warmup_chars}))
+        click.echo(strict_json({"file": str(file), "chars": result.chars, "loss_nats": result.loss,
+                                "bits_per_char": result.bits_per_char, "perplexity": math.exp(result.loss),
+                                "streams": result.streams, "warmup_chars": result.warmup_chars}))
     else:
         click.echo(f"{file}: {result.loss:.4f} nats/char, {result.bits_per_char:.4f} bits/char, "
                    f"perplexity {math.exp(result.loss):.3f} over {result.describe()}")
 
 
-@cli.command("export", short_help="Write a checkpoint's weights for PyTorch or Keras.")
+@cli.command("export", short_help="Write a checkpoint's model for PyTorch, Keras, ONNX or a web page.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
-@click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras"]),
-              help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: .npz of LSTM + Dense weights.")
+@click.option("--to", "fmt", required=True, type=click.Choice(["torch", "keras", "onnx", "html"]),
+              help="torch: safetensors state dict of nn.LSTM + nn.Linear; keras: Keras 3 .weights.h5 of "
+                   "LSTM + Dense; onnx: OUT (step model) and OUT.seq.onnx (sequence model); html: one "
+                   "page that samples offline.")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Replace OUT and its .vocab.json if they exist.")
-def export_command(ckpt_path, fmt, out, force):
-    """Write a checkpoint's weights for PyTorch or Keras to OUT, and its vocabulary
-    to OUT's name with .vocab.json (see README, Interoperability)."""
+@click.option("--float16", is_flag=True, help="html: store the weights as float16 (half the size).")
+@click.option("--force", is_flag=True, help="Replace OUT and the files written beside it if they exist.")
+def export_command(ckpt_path, fmt, out, float16, force):
+    """Write a checkpoint's model to OUT (torch and keras: its vocabulary to OUT's name
+    with .vocab.json beside it), after running the written model on a few characters
+    and comparing its logits with the checkpoint's (see README, Interoperability)."""
     from .exchange import export_checkpoint
 
-    for path in export_checkpoint(ckpt_path, fmt, out, force):
+    paths, checks = export_checkpoint(ckpt_path, fmt, out, force, float16)
+    for path in paths:
         click.echo(f"wrote {path}")
+    for line in checks:
+        click.echo(line)
 
 
 @cli.command("import", short_help="Make a checkpoint or a run from PyTorch/Keras weights.")
 @click.option("--from", "fmt", required=True, type=click.Choice(["torch", "keras"]),
-              help="torch: safetensors state dict (lstm.*, head.*); keras: .npz as `export --to keras` writes.")
+              help="torch: safetensors state dict (lstm.*, head.*); keras: Keras 3 .weights.h5 "
+                   "(or the .npz earlier versions exported).")
 @click.argument("weights", type=click.Path(path_type=Path))
 @click.option("--vocab", "vocab_path", required=True, type=click.Path(path_type=Path),
               help='JSON vocabulary: {"chars": "..."} or a list of characters, in id order.')
@@ -199,11 +209,16 @@ def import_command(fmt, weights, vocab_path, out, run_dir, corpus, config_path, 
 @cli.command(short_help="Show a checkpoint: config, vocabulary, sizes, gate norms.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
-def info(ckpt_path):
+@click.option("--json", "as_json", is_flag=True, help="Print the same facts as one JSON object.")
+def info(ckpt_path, as_json):
     """Config, vocabulary, parameters, per-gate norms and progress of a checkpoint."""
-    from .info import describe
+    from .info import describe, summary
 
-    click.echo(describe(checkpoint.load(ckpt_path), str(ckpt_path)))
+    ckpt = checkpoint.load(ckpt_path)
+    if as_json:
+        click.echo(strict_json(summary(ckpt, str(ckpt_path))))
+    else:
+        click.echo(describe(ckpt, str(ckpt_path)))
 
 
 @cli.command(short_help="Plot loss curves of runs against step and wall time.")
@@ -235,6 +250,10 @@ def sweep(sweep_file, jobs, out):
 
 def main(argv=None) -> int:
     """Console entry point: turns every expected failure into one line on stderr."""
+    # Text decoded with e.g. unicode_escape may hold lone surrogates, which no output
+    # encoding can write: print them as \udXXX escapes instead of failing midway.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:

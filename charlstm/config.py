@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import CharlstmError
+from .files import existing_file
 
 
 class ConfigError(CharlstmError):
@@ -53,8 +54,12 @@ def _betas(v) -> str | None:
 
 def _encoding(v) -> str | None:
     try:
-        codecs.lookup(v)
+        codec = codecs.lookup(v)
     except LookupError:
+        codec = None
+    # Python's codecs include bytes-to-bytes and str-to-str transforms (hex, base64,
+    # zlib, rot13); only a text encoding decodes a file's bytes into characters.
+    if codec is None or not codec._is_text_encoding:
         return "a text encoding Python knows (e.g. utf-8, latin-1)"
     return None
 
@@ -254,11 +259,7 @@ def config_to_dict(config: Config) -> dict:
 def read_yaml(path: Path, what: str = "config file") -> Any:
     """The YAML document in `path` (safe_load), or a ConfigError saying why not."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a directory; pass a .yaml file") from None
+        text = existing_file(path, what).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc}") from None
     try:
@@ -317,5 +318,26 @@ def config_yaml(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def save_config(config: Config, path: Path) -> None:
-    path.write_text(config_yaml(config), encoding="utf-8")
+# ---- the resume policy: which keys a resumed run may change ----
+
+# Keys a resume may change: they decide how long to train and what to report, not
+# what the model, the data or any step already planned computes (the learning-rate
+# schedule keeps the length it started with; see state.TrainingState.schedule_steps).
+RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.checkpoint_every",
+                  "train.sample_every", "train.sample_length", "train.log_every",
+                  "train.eval_streams", "train.eval_warmup")
+
+
+def check_resumable(before: Config, after: Config, run_dir: Path) -> None:
+    """Refuse a resume whose config would change the model, the data or the steps."""
+    old, new = flatten(config_to_dict(before)), flatten(config_to_dict(after))
+    changed = [key for key in old if old[key] != new[key] and key not in RESUMABLE_KEYS]
+    if changed:
+        raise ConfigError(
+            f"--resume {run_dir} cannot change {', '.join(changed)} (it would change the model, "
+            f"the data or the training); only {', '.join(RESUMABLE_KEYS)} may change")
+
+
+def flatten(nested: dict) -> dict:
+    """{'train': {'lr': 0.1}} -> {'train.lr': 0.1}"""
+    return {f"{section}.{key}": value for section, values in nested.items() for key, value in values.items()}

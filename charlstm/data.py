@@ -9,13 +9,16 @@ characters), so a large file costs about its own size in ids.
 from __future__ import annotations
 
 import codecs
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import Config
 from .errors import CharlstmError
+from .files import existing_file
 
 MAX_CODE_POINT = 0x10FFFF
 # File bytes per decoding step. A chunk's temporaries are several times its size (the
@@ -31,7 +34,7 @@ class Vocab:
     chars: str
 
     def __post_init__(self):
-        codes = np.frombuffer(self.chars.encode("utf-32-le"), dtype=np.uint32)
+        codes = _code_points(self.chars)
         lookup = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int64)
         lookup[codes] = np.arange(len(codes))
         object.__setattr__(self, "_lookup", lookup)
@@ -87,6 +90,9 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                 raise CharlstmError(
                     f"{path}: byte {at} is not valid {encoding} ({exc.reason}); "
                     "fix the file or set data.encoding") from None
+            except UnicodeError as exc:  # some codecs (e.g. undefined, idna) name no byte
+                raise CharlstmError(f"{path} cannot be decoded as {encoding} ({exc}); "
+                                    "fix the file or set data.encoding") from None
             offset += len(chunk)
             if text:
                 yield text
@@ -94,18 +100,9 @@ def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
                 return
 
 
-def _existing_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise CharlstmError(f"{path} does not exist")
-    if path.is_dir():
-        raise CharlstmError(f"{path} is a directory; pass a text file")
-    return path
-
-
 def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[Vocab, np.ndarray]:
     """Read a text file into (vocabulary, ids). Two passes: count characters, then map."""
-    path = _existing_file(path)
+    path = existing_file(path, "corpus")
     counts = np.zeros(MAX_CODE_POINT + 1, dtype=np.int64)
     for text in _decoded_chunks(path, encoding):
         counts += np.bincount(_code_points(text), minlength=MAX_CODE_POINT + 1)
@@ -130,12 +127,21 @@ def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[Vocab, np.nd
 
 def read_corpus_with_vocab(path: str | Path, encoding: str, vocab: Vocab) -> np.ndarray:
     """Ids of a text file under an existing vocabulary (e.g. a checkpoint's)."""
-    path = _existing_file(path)
+    path = existing_file(path, "text file")
     try:
         parts = [vocab.encode(text) for text in _decoded_chunks(path, encoding)]
     except CharlstmError as exc:
         raise CharlstmError(f"{path}: {exc}") from None
     return np.concatenate(parts) if parts else np.empty(0, dtype=vocab.id_dtype)
+
+
+def file_sha256(path: Path) -> str:
+    """Fingerprint of the corpus, so a resume can tell it is training on the same text."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -211,3 +217,34 @@ def eval_plan(num_ids: int, num_streams: int, warmup: int) -> tuple[np.ndarray, 
     scored_start = np.arange(0, num_predictions, segment)
     read_end = np.minimum(scored_start + segment, num_predictions)
     return np.maximum(scored_start - warmup, 0), scored_start, read_end
+
+
+@dataclass
+class Corpus:
+    """The corpus as the training loop sees it: vocabulary, split ids and training streams."""
+
+    path: Path
+    vocab: Vocab
+    num_chars: int
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    streams: np.ndarray  # (B, chars per stream)
+    windows_per_epoch: int
+
+
+def load_corpus(path: Path, config: Config) -> Corpus:
+    vocab, ids = read_corpus(path, config.data.encoding)
+    check_corpus_size(path, len(ids), config)
+    train_ids, val_ids = split_train_val(ids, config.data.val_fraction)
+    streams = make_streams(train_ids, config.train.batch_size)
+    return Corpus(path, vocab, len(ids), train_ids, val_ids, streams,
+                  num_windows(streams, config.train.seq_len))
+
+
+def check_corpus_size(corpus: Path, num_chars: int, config: Config) -> None:
+    train_cfg = config.train
+    needed = min_corpus_chars(train_cfg.batch_size, train_cfg.seq_len, config.data.val_fraction)
+    if num_chars < needed:
+        raise CharlstmError(
+            f"corpus {corpus} has {num_chars} characters; batch_size={train_cfg.batch_size} and "
+            f"seq_len={train_cfg.seq_len} need at least {needed} (lower train.batch_size or train.seq_len)")

@@ -1,20 +1,24 @@
-"""Export checkpoints as PyTorch or Keras weight files, and import them back.
+"""`charlstm export` and `charlstm import`: the checkpoint's model for other tools, and
+PyTorch or Keras weights back into a checkpoint.
 
-Files written (layouts and names in interop.py):
+Files written by `export --to FORMAT OUT`:
 
-    --to torch  OUT.safetensors  the state dict of nn.LSTM(V, H, L) under `lstm.` and
-                                 nn.Linear(H, V) under `head.`; load it with
-                                 safetensors.torch.load_file + load_state_dict(strict=True)
-    --to keras  OUT.npz          `lstm_{k}/kernel`, `lstm_{k}/recurrent_kernel`,
-                                 `lstm_{k}/bias`, `dense/kernel`, `dense/bias`
-    both        OUT.vocab.json   {"chars": "..."}: character id i is chars[i]
+    torch  OUT (.safetensors)  the state dict of nn.LSTM(V, H, L) under `lstm.` and
+                               nn.Linear(H, V) under `head.` (interop.py); load it with
+                               safetensors.torch.load_file + load_state_dict(strict=True)
+    keras  OUT (.weights.h5)   Keras 3 weights of an LSTM stack + Dense head (keras_h5.py)
+           torch, keras: OUT.vocab.json beside, {"chars": "..."}: character id i is chars[i]
+    onnx   OUT (.onnx), OUT.seq.onnx   step and sequence models, vocabulary inside (onnx_export.py)
+    html   OUT (.html)         one page that samples offline, everything inside (web_export.py)
 
-A vocabulary file for `import` is that JSON object, or a JSON list of one-character
-strings (an `itos` list). `import` writes an ordinary charlstm checkpoint: the model
-section of its config is read from the weights' shapes, Adam's moments are zero and
-the step is 0, so it can be sampled. With a corpus it becomes a run directory instead
-(config.yaml, run.json, last.safetensors at step 0) that `charlstm train --resume`
-fine-tunes.
+Every export is built in memory and checked (export_check.py) before anything is
+written. A vocabulary file for `import` is that JSON object, or a JSON list of
+one-character strings (an `itos` list). `import` reads a safetensors state dict or a
+Keras .weights.h5 (or the .npz that earlier versions exported) and writes an ordinary
+charlstm checkpoint: the model section of its config is read from the weights' shapes,
+Adam's moments are zero and the step is 0, so it can be sampled. With a corpus it
+becomes a run directory instead (config.yaml, run.json, last.safetensors at step 0)
+that `charlstm train --resume` fine-tunes.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from . import checkpoint
-from .config import Config, config_from_dict, config_to_dict, load_config, save_config
-from .data import Vocab
+from . import checkpoint, keras_h5
+from .api import run
+from .config import Config, config_from_dict, config_to_dict, load_config
+from .data import Vocab, file_sha256, load_corpus
 from .errors import CharlstmError
+from .export_check import probe_ids, require_close
+from .files import atomic_write, existing_file
 from .interop import (
     from_keras_weights,
     from_torch_state_dict,
@@ -39,30 +46,34 @@ from .interop import (
     to_torch_state_dict,
 )
 from .model import Params, initial_state
-from .train import file_sha256, load_corpus, make_rngs, prepare_run_dir, write_json
+from .onnx_export import export_onnx, sequence_path_for
+from .rundir import checkpoint_path, prepare_run_dir, write_config, write_run_info
+from .state import make_rngs
+from .web_export import export_page
 
-FORMATS = ("torch", "keras")
-EXTENSIONS = {"torch": ".safetensors", "keras": ".npz"}
+FORMATS = ("torch", "keras", "onnx", "html")
+# Names torch.load is expected to open: a safetensors file under them only fails there.
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 
 def vocab_path_for(out: Path) -> Path:
-    """model.safetensors -> model.vocab.json, beside the weights."""
-    return out.with_name(out.stem + ".vocab.json")
+    """model.safetensors -> model.vocab.json, my.weights.h5 -> my.vocab.json, beside the weights."""
+    name = out.name
+    stem = name[:-len(keras_h5.SUFFIX)] if name.endswith(keras_h5.SUFFIX) else out.stem
+    return out.with_name(stem + ".vocab.json")
 
 
-def write_vocab(path: Path, vocab: Vocab) -> None:
-    checkpoint.atomic_write(path, (json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n").encode("utf-8"))
+def vocab_bytes(vocab: Vocab) -> bytes:
+    # A lone surrogate (text decoded with e.g. unicode_escape) has no UTF-8 form;
+    # backslashreplace writes it as \udXXX, which is its escape in JSON too.
+    return (json.dumps({"chars": vocab.chars}, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
 
 
 def read_vocab(path: Path) -> Vocab:
     """A vocabulary file: {"chars": "..."} or a JSON list of one-character strings."""
-    path = Path(path)
+    path = existing_file(path, "vocabulary file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CharlstmError(f"vocabulary file {path} does not exist") from None
-    except IsADirectoryError:
-        raise CharlstmError(f"vocabulary file {path} is a directory") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CharlstmError(f"vocabulary file {path} is not UTF-8 JSON; expected "
                             '{"chars": "..."} or a list of characters') from None
@@ -93,42 +104,92 @@ def check_outputs(outputs: list[Path], inputs: list[Path], force: bool) -> None:
             raise CharlstmError(f"{out} already exists; choose another name or pass --force to replace it")
 
 
-def export_checkpoint(ckpt_path: Path, fmt: str, out: Path, force: bool = False) -> list[Path]:
-    """Write the checkpoint's weights in `fmt` to `out` and its vocabulary beside it;
-    returns the files written."""
+def check_export_name(fmt: str, out: Path) -> None:
+    """Refuse a file name that would mislead whoever opens the file."""
+    if fmt == "torch" and out.suffix.lower() in PICKLE_SUFFIXES:
+        raise CharlstmError(f"--to torch writes safetensors, which torch.load cannot open; name it "
+                            f"{out.stem}.safetensors and load it with "
+                            f"model.load_state_dict(safetensors.torch.load_file(\"{out.stem}.safetensors\"))")
+    if fmt == "keras" and not out.name.endswith(keras_h5.SUFFIX):
+        stem = out.name.split(".")[0] or "model"
+        retired = " (the .npz export is retired: Keras 3 loads .weights.h5)" if out.suffix == ".npz" else ""
+        raise CharlstmError(f"Keras's load_weights opens only files named *{keras_h5.SUFFIX}; "
+                            f"name it {stem}{keras_h5.SUFFIX}{retired}")
+    if fmt == "onnx" and out.suffix != ".onnx":
+        raise CharlstmError(f"name the ONNX file {out.name}.onnx (the sequence model is written beside it "
+                            f"as {out.name}.seq.onnx)")
+
+
+def export_outputs(fmt: str, out: Path) -> list[Path]:
+    """Every file `export --to fmt out` writes."""
+    if fmt in ("torch", "keras"):
+        return [out, vocab_path_for(out)]
+    if fmt == "onnx":
+        return [out, sequence_path_for(out)]
+    return [out]
+
+
+def check_read_back(params: Params, read_back: Params, what: str) -> str:
+    """The weights a written file holds give the checkpoint's logits."""
+    ids = probe_ids(params.vocab_size)
+    difference = require_close(run(params, ids)[0], run(read_back, ids)[0], what)
+    return (f"checked: {what} gives the checkpoint's logits on {len(ids)} characters "
+            f"(max abs difference {difference:.1e})")
+
+
+def export_checkpoint(ckpt_path: Path, fmt: str, out: Path, force: bool = False,
+                      float16: bool = False) -> tuple[list[Path], list[str]]:
+    """Write the checkpoint's model in `fmt` to `out` (and what goes beside it), each
+    file checked first; returns the files written and what was checked."""
     out = Path(out)
-    vocab_path = vocab_path_for(out)
-    check_outputs([out, vocab_path], [Path(ckpt_path)], force)
+    if float16 and fmt != "html":
+        raise CharlstmError("--float16 applies to --to html only")
+    check_export_name(fmt, out)
     ckpt = checkpoint.load(ckpt_path)
+    params, vocab = ckpt.params, ckpt.vocab
+    vocab_path = vocab_path_for(out)
+    # The same vocabulary already beside (e.g. from --to torch, then --to keras) is no clash.
+    same_vocab = vocab_path.is_file() and vocab_path.read_bytes() == vocab_bytes(vocab)
+    check_outputs([path for path in export_outputs(fmt, out) if not (path == vocab_path and same_vocab)],
+                  [Path(ckpt_path)], force)
     if fmt == "torch":
-        data = safetensors.numpy.save(to_torch_state_dict(ckpt.params))
+        data = safetensors.numpy.save(to_torch_state_dict(params))
+        back = from_torch_state_dict(safetensors.numpy.load(data))
+        files, checks = {out: data}, [check_read_back(params, back, "the safetensors file read back")]
     elif fmt == "keras":
-        buffer = io.BytesIO()
-        np.savez(buffer, **to_keras_weights(ckpt.params))
-        data = buffer.getvalue()
+        weights = {name: array.astype(np.float32) for name, array in to_keras_weights(params).items()}
+        data = keras_h5.weights_h5_bytes(weights)
+        back = from_keras_weights(keras_h5.read_weights_h5(data, str(out)))
+        files, checks = {out: data}, [check_read_back(params, back, "the .weights.h5 file read back")]
+    elif fmt == "onnx":
+        files, checks = export_onnx(params, vocab, out)
+    elif fmt == "html":
+        files, checks = export_page(params, vocab, out, float16)
     else:
         raise AssertionError(f"unknown export format {fmt}")
-    checkpoint.atomic_write(out, data)
-    write_vocab(vocab_path, ckpt.vocab)
-    return [out, vocab_path]
+    if fmt in ("torch", "keras"):
+        files[vocab_path] = vocab_bytes(vocab)
+    for path, data in files.items():
+        atomic_write(path, data)
+    return list(files), checks
 
 
 def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:
-    """Arrays of a safetensors (torch) or .npz (keras) file, never unpickling anything."""
-    path = Path(path)
-    if not path.is_file():
-        raise CharlstmError(f"weights file {path} does not exist" if not path.exists()
-                            else f"weights file {path} is not a file")
+    """Arrays of a safetensors (torch) file, or a Keras .weights.h5 or legacy .npz
+    (keras) file, never unpickling anything."""
+    data = existing_file(path, "weights file").read_bytes()
+    if fmt == "keras" and data.startswith(keras_h5.H5_SIGNATURE):
+        return keras_h5.read_weights_h5(data, str(path))
     try:
         if fmt == "torch":
-            return safetensors.numpy.load(path.read_bytes())
-        loaded = np.load(path, allow_pickle=False)
+            return safetensors.numpy.load(data)
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array
             raise ValueError
         with loaded as archive:
             return {name: archive[name] for name in archive.files}
     except (safetensors.SafetensorError, ValueError, OSError, EOFError, zipfile.BadZipFile):
-        kind = "safetensors" if fmt == "torch" else ".npz"
+        kind = "safetensors" if fmt == "torch" else "Keras .weights.h5 (or .npz)"
         raise CharlstmError(f"{path} is not a readable {kind} file of named arrays") from None
 
 
@@ -176,12 +237,12 @@ def import_as_run(weights_path: Path, fmt: str, vocab_path: Path, run_dir: Path,
                             f"{ckpt.vocab.size} ({ckpt.vocab.chars!r})")
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, force=False)
-    save_config(ckpt.config, run_dir / "config.yaml")
-    write_json(run_dir / "run.json", {
+    write_config(run_dir, ckpt.config)
+    write_run_info(run_dir, {
         "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(Path(corpus)),
         "vocab_size": ckpt.vocab.size, "num_params": int(ckpt.params.flat.size),
         "imported_from": str(weights_path), "status": "imported"})
-    checkpoint.save(run_dir / ("last" + checkpoint.EXTENSION), ckpt)
+    checkpoint.save(checkpoint_path(run_dir, "last"), ckpt)
     return ckpt
 
 

@@ -25,7 +25,9 @@ the initial (h, c) of every sequence, expanded over the batch:
 Keras
 -----
 A stack of `keras.layers.LSTM(H, return_sequences=True)` layers on one-hot (T, V)
-inputs, then `Dense(V)`. Keras uses our layout and gate order as they are:
+inputs, then `Dense(V)`. Keras uses our layout and gate order as they are. The arrays
+go by these names here and in the .npz files earlier versions exported; keras_h5.py
+places them where Keras's .weights.h5 keeps them:
 
     lstm_{k}/kernel            (D_k, 4H)  = lstm.{k}.W_x
     lstm_{k}/recurrent_kernel  (H, 4H)    = lstm.{k}.W_h

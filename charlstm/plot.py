@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CharlstmError
-from .train import read_metrics
+from .rundir import METRICS, read_metrics
 
 INSTALL_HINT = "plotting needs matplotlib: pip install 'charlstm[plot]'"
 
@@ -30,14 +30,14 @@ class Curves:
 
 
 def read_records(run_dir: Path) -> list[dict]:
-    """The well-formed records of RUN_DIR/metrics.jsonl (see train.read_metrics)."""
+    """The well-formed records of RUN_DIR/metrics.jsonl (see rundir.read_metrics)."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not run_dir.is_dir():
         raise CharlstmError(f"{run_dir} is not a directory; pass run directories (they hold metrics.jsonl)")
     if not path.is_file():
         raise CharlstmError(f"{run_dir} is not a run directory: it has no metrics.jsonl")
-    records = read_metrics(path)
+    records = read_metrics(run_dir)
     if not records:
         raise CharlstmError(f"{path} has no records yet")
     return records
@@ -81,8 +81,8 @@ def expand_sweeps(paths: list[Path]) -> list[Path]:
     own, run directories inside) stands for its runs."""
     run_dirs = []
     for path in map(Path, paths):
-        runs = sorted(p.parent for p in path.glob("*/metrics.jsonl"))
-        is_sweep = path.is_dir() and not (path / "metrics.jsonl").exists() and runs
+        runs = sorted(p.parent for p in path.glob(f"*/{METRICS}"))
+        is_sweep = path.is_dir() and not (path / METRICS).exists() and runs
         run_dirs.extend(runs if is_sweep else [path])
     return run_dirs
 

@@ -37,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from .config import Config, config_to_dict, load_config, read_yaml
+from .config import Config, config_to_dict, flatten, load_config, read_yaml
 from .errors import CharlstmError
+from .files import existing_file
+from .rundir import read_config, read_run_info
 from .sweep_table import markdown_table, table_rows, write_tables
 
 SWEEP_KEYS = ("base", "corpus", "out", "set", "grid", "runs")
@@ -170,18 +172,15 @@ DONE_STATUSES = ("finished", "diverged")
 def run_status(run_dir: Path) -> str:
     """run.json's "finished" or "diverged"; else "started" (a config.yaml is there:
     resume it) or "new"."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
-    if isinstance(info, dict) and info.get("status") in DONE_STATUSES:
+    info = read_run_info(run_dir, tolerant=True)
+    if info.get("status") in DONE_STATUSES:
         return info["status"]
     return "started" if (run_dir / "config.yaml").is_file() else "new"
 
 
 def check_same_config(run: PlannedRun) -> None:
     """A run directory from an edited sweep file must not pass for this run."""
-    existing = load_config(run.run_dir / "config.yaml")
+    existing = read_config(run.run_dir)
     if config_to_dict(existing) != config_to_dict(run.config):
         raise CharlstmError(f"{run.run_dir} holds a run with a different config than the sweep "
                             "file now gives it; move it away or change the sweep's 'out'")
@@ -189,8 +188,8 @@ def check_same_config(run: PlannedRun) -> None:
 
 def train_command(run: PlannedRun, sweep: Sweep, status: str) -> list[str]:
     charlstm = [sys.executable, "-m", "charlstm.cli", "train"]
-    if status == "started":
-        return charlstm + ["--resume", str(run.run_dir), "--quiet"]
+    if status == "started":  # the sweep's corpus, which may have moved since the run began
+        return charlstm + [str(sweep.corpus), "--resume", str(run.run_dir), "--quiet"]
     base = ["--config", str(sweep.base)] if sweep.base else []
     sets = [arg for text in run.sets for arg in ("--set", text)]
     return charlstm + [str(sweep.corpus), *base, *sets, "--out", str(run.run_dir), "--quiet"]
@@ -237,6 +236,16 @@ def last_error(log_path: Path) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
+def table_runs(planned: list[PlannedRun]) -> list[tuple[str, Path, dict]]:
+    """Each run's name, directory and its values of every key any run overrides."""
+    keys = list(dict.fromkeys(key for run in planned for key in run.overrides))
+    runs = []
+    for run in planned:
+        resolved = flatten(config_to_dict(run.config))
+        runs.append((run.name, run.run_dir, {key: resolved[key] for key in keys}))
+    return runs
+
+
 def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = print,
               out: Path | None = None) -> list[dict]:
     """Plan, run (`jobs` at once), print and write the table; returns its rows, best
@@ -247,8 +256,7 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
     if out is not None:
         sweep = dataclasses.replace(sweep, out=Path(out))
     planned = plan(sweep)
-    if not sweep.corpus.is_file():
-        raise CharlstmError(f"{sweep.source}: corpus {sweep.corpus} does not exist")
+    existing_file(sweep.corpus, f"{sweep.source}: corpus")
     sweep.out.mkdir(parents=True, exist_ok=True)
     env = blas_env(jobs)
     started = time.perf_counter()
@@ -273,7 +281,7 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
         # After Ctrl-C, start nothing new; the running children got the signal too and
         # stop with their checkpoints intact, so a rerun resumes them.
         pool.shutdown(wait=True, cancel_futures=True)
-    rows = table_rows(planned)
+    rows = table_rows(table_runs(planned))
     write_tables(rows, sweep.out)
     say(markdown_table(rows))
     say(f"sweep took {time.perf_counter() - started:.0f} s; table written to {sweep.out / 'sweep.csv'} "

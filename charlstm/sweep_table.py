@@ -1,59 +1,47 @@
 """The table of a sweep: one row per run from its run directory (run.json,
 metrics.jsonl), sorted best first, printed as Markdown and saved as sweep.md and
-sweep.csv."""
+sweep.csv. It takes plain data (names, run directories, settings), not sweep.py's
+plans, so that the two modules do not import each other."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .checkpoint import atomic_write
-from .config import config_to_dict
-from .train import read_metrics
-
-if TYPE_CHECKING:  # sweep.py imports this module, so the class is only named here
-    from .sweep import PlannedRun
+from .files import atomic_write
+from .rundir import read_metrics, read_run_info
 
 
 def median_chars_per_s(run_dir: Path) -> float | None:
     """Training throughput: the median over metrics.jsonl records (evaluation excluded)."""
-    speeds = [r["chars_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "chars_per_s" in r]
+    speeds = [r["chars_per_s"] for r in read_metrics(run_dir) if "chars_per_s" in r]
     return statistics.median(speeds) if speeds else None
 
 
-def summarise(run: PlannedRun, keys: list[str]) -> dict:
-    """One table row: the run's value of every override key, then its outcome from
-    run.json and metrics.jsonl."""
-    try:
-        info = json.loads((run.run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
-    resolved = config_to_dict(run.config)
-    row = {"run": run.name}
-    for key in keys:
-        section, _, name = key.partition(".")
-        row[key] = resolved[section][name]
+def summarise(name: str, run_dir: Path, settings: dict) -> dict:
+    """One table row: the run's name and settings (dotted key -> value), then its
+    outcome from run.json and metrics.jsonl."""
+    info = read_run_info(run_dir, tolerant=True)
+    row = {"run": name, **settings}
     best = info.get("best_val_loss")
     row.update({
         "params": info.get("num_params"),
         "best_val_bpc": best / math.log(2) if isinstance(best, (int, float)) and math.isfinite(best) else None,
         "wall_time_s": info.get("wall_time_s"),
-        "chars_per_s": median_chars_per_s(run.run_dir),
+        "chars_per_s": median_chars_per_s(run_dir),
         "status": info.get("status", "not started"),
     })
     return row
 
 
-def table_rows(planned: list[PlannedRun]) -> list[dict]:
-    """Rows sorted by best validation bits/char, unfinished runs last; a column for
-    every key any run overrides."""
-    keys = list(dict.fromkeys(key for run in planned for key in run.overrides))
-    rows = [summarise(run, keys) for run in planned]
+def table_rows(runs: list[tuple[str, Path, dict]]) -> list[dict]:
+    """Rows for (name, run directory, settings) triples, sorted by best validation
+    bits/char, unfinished runs last. Every run's settings should have the same keys:
+    they are the table's first columns."""
+    rows = [summarise(name, run_dir, settings) for name, run_dir, settings in runs]
     return sorted(rows, key=lambda r: (r["best_val_bpc"] is None, r["best_val_bpc"] or 0.0))
 
 

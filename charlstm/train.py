@@ -1,48 +1,37 @@
-"""The training loop: truncated BPTT over carried streams, Adam, evaluation,
-samples, checkpoints and a run directory that records what happened.
+"""The training loop: truncated BPTT over carried streams, Adam, evaluation, samples
+and checkpoints, recording what happened in a run directory (see rundir.py).
 
-Run directory:
-    config.yaml        the resolved config
-    run.json           corpus (path, sha256), sizes, versions, every resume, and the
-                       status: running, finished, interrupted, diverged or failed
-    metrics.jsonl      one JSON object per log event (see `train`)
-    last.safetensors   written every `checkpoint_every` steps, at the end and on a stop signal
-    best.safetensors   the lowest validation loss so far
-
-Every file is replaced atomically, so a run killed at any instant can be resumed
-(`resume`) from its last checkpoint and ends bitwise as if it had never stopped.
+A run stopped at any instant can be resumed (`resume`) from its last checkpoint and
+ends bitwise as if it had never stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import platform
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .config import Config, config_to_dict, config_yaml, load_run_config
-from .data import (Vocab, eval_windows, get_window, make_streams, min_corpus_chars, num_windows,
-                   read_corpus, split_train_val)
+from .config import Config, check_resumable
+from .data import Corpus, file_sha256, get_window, load_corpus, num_windows
 from .errors import CharlstmError
 from .evaluate import evaluate
-from .model import ModelBuffers, Params, backward, forward, init_params, initial_state, reset_streams
-from .optim import Adam, clip_global_norm, learning_rate
+from .files import existing_file
+from .model import Params, backward, forward, reset_streams
+from .optim import clip_global_norm, learning_rate
+from .rundir import (MetricsLog, checkpoint_path, prepare_run_dir, read_config, read_run_info,
+                     remove_stale_temporary_files, truncate_metrics, write_config, write_run_info)
 from .sample import generate
-
-RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl",
-             "last" + checkpoint.EXTENSION, "best" + checkpoint.EXTENSION)
-RNG_NAMES = ("init", "dropout", "sample", "state_reset")
+from .signals import STOP_EXIT_CODES, StopNow, StopSignals
+from .state import LogWindow, TrainingState
 
 
 class TrainingDiverged(CharlstmError):
@@ -57,34 +46,6 @@ class TrainingInterrupted(CharlstmError):
         self.exit_code = exit_code
 
 
-def make_rngs(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators per purpose, all derived from the one config seed."""
-    children = np.random.SeedSequence(seed).spawn(len(RNG_NAMES))
-    return {name: np.random.default_rng(child) for name, child in zip(RNG_NAMES, children)}
-
-
-def prepare_run_dir(run_dir: Path, force: bool) -> None:
-    """Create the run directory; refuse to overwrite an earlier run unless forced."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CharlstmError(f"--out {run_dir} is a file, not a directory")
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not force:
-        raise CharlstmError(f"{run_dir} already holds a run ({existing[0]}); "
-                            "choose another --out or pass --force to overwrite it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in existing:
-        (run_dir / name).unlink()
-
-
-def check_corpus_size(corpus: Path, num_chars: int, config: Config) -> None:
-    train_cfg = config.train
-    needed = min_corpus_chars(train_cfg.batch_size, train_cfg.seq_len, config.data.val_fraction)
-    if num_chars < needed:
-        raise CharlstmError(
-            f"corpus {corpus} has {num_chars} characters; batch_size={train_cfg.batch_size} and "
-            f"seq_len={train_cfg.seq_len} need at least {needed} (lower train.batch_size or train.seq_len)")
-
-
 @dataclass
 class TrainResult:
     steps: int
@@ -92,72 +53,6 @@ class TrainResult:
     final_val_loss: float
     wall_time_s: float
     run_dir: Path
-
-
-@dataclass
-class TrainingState:
-    """Everything that changes as training goes; a checkpoint stores all of it."""
-
-    params: Params
-    optimizer: Adam
-    carried: tuple[np.ndarray, np.ndarray]  # (h, c), each (L, B, H)
-    rngs: dict[str, np.random.Generator]
-    step: int = 0
-    best_val_loss: float = math.inf
-    elapsed_s: float = 0.0  # training time so far, across resumes
-    # The learning-rate schedule's length: max_steps when training began. A resume that
-    # raises max_steps trains on at the schedule's final rate instead of stretching it,
-    # so the steps already planned stay exactly as they were.
-    schedule_steps: int = 0
-    # The large per-window arrays of train_step, reused from one step to the next (a
-    # step no longer needs the previous step's caches); not checkpointed. See lstm.LayerBuffers.
-    buffers: ModelBuffers = field(default_factory=ModelBuffers, repr=False)
-
-    @classmethod
-    def fresh(cls, config: Config, vocab_size: int) -> TrainingState:
-        model_cfg, train_cfg = config.model, config.train
-        dtype = np.dtype(train_cfg.dtype)
-        rngs = make_rngs(train_cfg.seed)
-        params = init_params(vocab_size, model_cfg.hidden_size, model_cfg.num_layers,
-                             model_cfg.forget_bias, rngs["init"], dtype, model_cfg.initial_state == "learned")
-        optimizer = Adam(params.flat.size, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay, dtype)
-        carried = initial_state(params, train_cfg.batch_size)
-        return cls(params, optimizer, carried, rngs, schedule_steps=train_cfg.max_steps)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: checkpoint.Checkpoint, config: Config) -> TrainingState:
-        """The state a checkpoint was written from, ready to take the next step."""
-        ts = cls.fresh(config, ckpt.vocab.size)
-        try:
-            ts.params.flat[...] = ckpt.params.flat
-            ts.optimizer.step_count = int(ckpt.optimizer_step)
-            ts.optimizer.exp_avg[...], ts.optimizer.exp_avg_sq[...] = ckpt.optimizer_moments
-            for carried, saved in zip(ts.carried, ckpt.carried_state):
-                carried[...] = saved
-            for purpose, rng in ts.rngs.items():
-                rng.bit_generator.state = ckpt.rng_states[purpose]
-            ts.step = int(ckpt.progress["step"])
-            best = ckpt.progress.get("best_val_loss")
-            ts.best_val_loss = math.inf if best is None else float(best)
-            ts.elapsed_s = float(ckpt.progress.get("elapsed_s", 0.0))
-            if ts.step > 0:  # at step 0 (e.g. imported weights) the schedule is not yet set
-                ts.schedule_steps = int(ckpt.progress.get("schedule_steps", ckpt.config.train.max_steps))
-        except (KeyError, TypeError, ValueError):
-            raise CharlstmError("the checkpoint lacks the optimizer, state or generator data a resume "
-                                "needs; start a new run (it can still be sampled)") from None
-        return ts
-
-    def to_checkpoint(self, config: Config, vocab: Vocab, windows_per_epoch: int) -> checkpoint.Checkpoint:
-        return checkpoint.Checkpoint(
-            config, vocab, self.params,
-            progress={"step": self.step, "epoch": self.step // windows_per_epoch,
-                      "window": self.step % windows_per_epoch,
-                      "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
-                      "elapsed_s": self.elapsed_s, "schedule_steps": self.schedule_steps},
-            optimizer_step=self.optimizer.step_count,
-            optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
-            carried_state=self.carried,
-            rng_states={purpose: rng.bit_generator.state for purpose, rng in self.rngs.items()})
 
 
 def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Config,
@@ -199,70 +94,6 @@ def streams_to_reset(ts: TrainingState, probability: float, epoch_start: bool) -
     return started
 
 
-class MetricsLog:
-    """Appends one JSON object per log event to metrics.jsonl; train_loss and
-    chars_per_s cover the training steps since the previous record."""
-
-    def __init__(self, path: Path, chars_per_step: int, started: float):
-        self.file = open(path, "a", encoding="utf-8")
-        self.chars_per_step = chars_per_step
-        self.started = started
-        self.loss_sum = self.steps = self.seconds = 0.0
-        self.smoothed_loss: float | None = None  # for the progress bar
-
-    def add_step(self, loss: float, seconds: float) -> None:
-        self.loss_sum += loss
-        self.steps += 1
-        self.seconds += seconds
-        self.smoothed_loss = loss if self.smoothed_loss is None else 0.95 * self.smoothed_loss + 0.05 * loss
-
-    @property
-    def chars_per_s(self) -> float:
-        return self.steps * self.chars_per_step / max(self.seconds, 1e-9)
-
-    def write(self, **fields) -> None:
-        record = {"step": fields.pop("step"), "train_loss": self.loss_sum / max(self.steps, 1),
-                  "chars_per_s": self.chars_per_s, "elapsed_s": time.perf_counter() - self.started,
-                  **fields}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        self.loss_sum = self.steps = self.seconds = 0.0
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@dataclass
-class Corpus:
-    """The corpus as the loop sees it: vocabulary, split ids and training streams."""
-
-    path: Path
-    vocab: Vocab
-    num_chars: int
-    train_ids: np.ndarray
-    val_ids: np.ndarray
-    streams: np.ndarray  # (B, chars per stream)
-    windows_per_epoch: int
-
-
-def load_corpus(path: Path, config: Config) -> Corpus:
-    vocab, ids = read_corpus(path, config.data.encoding)
-    check_corpus_size(path, len(ids), config)
-    train_ids, val_ids = split_train_val(ids, config.data.val_fraction)
-    streams = make_streams(train_ids, config.train.batch_size)
-    return Corpus(path, vocab, len(ids), train_ids, val_ids, streams,
-                  num_windows(streams, config.train.seq_len))
-
-
-def file_sha256(path: Path) -> str:
-    """Fingerprint of the corpus, so a resume can tell it is training on the same text."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Train from scratch on `corpus`, writing everything to `run_dir`.
@@ -275,7 +106,7 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
     data = load_corpus(corpus, config)
     ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
     prepare_run_dir(run_dir, force)
-    write_text(run_dir / "config.yaml", config_yaml(config))
+    write_config(run_dir, config)
     run_info = {
         "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(corpus),
         "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),
@@ -290,29 +121,23 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
     return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
 
 
-# Keys a resume may change: they decide how long to train and what to report, not
-# what the model, the data or any step already planned computes (the learning-rate
-# schedule keeps the length it started with; see TrainingState.schedule_steps).
-RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.checkpoint_every",
-                  "train.sample_every", "train.sample_length", "train.log_every",
-                  "train.eval_streams", "train.eval_warmup")
-
-
 def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
            show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Continue the run in `run_dir` from its `last` checkpoint with its own config.
 
-    Only RESUMABLE_KEYS may be overridden. The result is bitwise the same as an
+    Only config.RESUMABLE_KEYS may be overridden. The result is bitwise the same as an
     uninterrupted run: the checkpoint holds the weights, Adam's moments and step, the
     carried state, every random generator and the step (which fixes the data cursor
     and the learning rate). A run killed before its first checkpoint starts over.
     """
     run_dir = Path(run_dir)
+    # Everything is read and checked, down to the training state, before anything in
+    # the run directory changes: a resume that fails leaves the run as it was.
     run_info = read_run_info(run_dir)
-    last_path = run_dir / ("last" + checkpoint.EXTENSION)
+    last_path = checkpoint_path(run_dir, "last")
     ckpt = checkpoint.load(last_path) if last_path.exists() else None
-    saved_config = load_run_config(run_dir / "config.yaml")
-    config = load_run_config(run_dir / "config.yaml", list(overrides))
+    saved_config = read_config(run_dir)
+    config = read_config(run_dir, overrides)
     check_resumable(saved_config if ckpt is None else ckpt.config, config, run_dir)
     step = ckpt.progress.get("step", 0) if ckpt else 0
     if config.train.max_steps < step or (config.train.max_steps == step and run_info.get("status") == "finished"):
@@ -321,9 +146,10 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
             f"longer: charlstm train --resume {run_dir} --set train.max_steps={max(2 * step, step + 1)}")
 
     corpus = Path(corpus or run_info["corpus"])
-    if not corpus.exists():
-        raise CharlstmError(f"the run's corpus {corpus} no longer exists; pass the same text: "
-                            f"charlstm train CORPUS --resume {run_dir}")
+    try:
+        existing_file(corpus, "the run's corpus")
+    except CharlstmError as exc:
+        raise CharlstmError(f"{exc}; pass the same text: charlstm train CORPUS --resume {run_dir}") from None
     recorded = run_info.get("corpus_sha256")  # absent in runs made before resume existed
     if recorded and file_sha256(corpus) != recorded:
         raise CharlstmError(f"{corpus} is not the text {run_dir} was trained on (its sha256 differs); "
@@ -331,125 +157,19 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
     data = load_corpus(corpus, config)
     if ckpt is not None and ckpt.vocab != data.vocab:
         raise CharlstmError(f"the vocabulary of {corpus} differs from the checkpoint's; it cannot continue")
+    ts = TrainingState.fresh(config, data.vocab.size) if ckpt is None else TrainingState.from_checkpoint(ckpt, config)
 
     remove_stale_temporary_files(run_dir)
-    write_text(run_dir / "config.yaml", config_yaml(config))
+    write_config(run_dir, config)
+    truncate_metrics(run_dir, ts.step)
     if ckpt is None:
-        ts = TrainingState.fresh(config, data.vocab.size)
         echo(f"no checkpoint in {run_dir} yet; starting it again from step 0")
     else:
-        ts = TrainingState.from_checkpoint(ckpt, config)
         echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
-    truncate_metrics(run_dir / "metrics.jsonl", ts.step)
+    run_info["corpus"] = str(corpus.resolve())  # it may have moved: the next resume looks here
     earlier = run_info.get("resumes")
     run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []), {"from_step": ts.step, "command": sys.argv}]
     return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
-
-
-def read_run_info(run_dir: Path) -> dict:
-    path = run_dir / "run.json"
-    if not run_dir.is_dir():
-        raise CharlstmError(f"--resume {run_dir}: no such run directory")
-    if not path.is_file() or not (run_dir / "config.yaml").is_file():
-        raise CharlstmError(f"--resume {run_dir}: not a charlstm run directory (no run.json or config.yaml)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(info, dict) or not isinstance(info.get("corpus"), str):
-            raise ValueError
-    except (ValueError, UnicodeDecodeError):
-        raise CharlstmError(f"{path} is damaged; the run cannot be resumed from it") from None
-    return info
-
-
-def check_resumable(before: Config, after: Config, run_dir: Path) -> None:
-    """Refuse a resume whose config would change the model, the data or the steps."""
-    old, new = flatten(config_to_dict(before)), flatten(config_to_dict(after))
-    changed = [key for key in old if old[key] != new[key] and key not in RESUMABLE_KEYS]
-    if changed:
-        raise CharlstmError(
-            f"--resume {run_dir} cannot change {', '.join(changed)} (it would change the model, "
-            f"the data or the training); only {', '.join(RESUMABLE_KEYS)} may change")
-
-
-def flatten(nested: dict) -> dict:
-    return {f"{section}.{key}": value for section, values in nested.items() for key, value in values.items()}
-
-
-def remove_stale_temporary_files(run_dir: Path) -> None:
-    """Half-written checkpoints left by a killed process (see checkpoint.atomic_write)."""
-    for path in run_dir.glob(".*.tmp-*"):
-        path.unlink(missing_ok=True)
-
-
-METRIC_FIELDS = ("epoch", "train_loss", "lr", "grad_norm", "chars_per_s", "elapsed_s", "val_loss", "val_bpc")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics.jsonl in order. A line that is not a well-formed record
-    (a line torn by a kill, a hand edit, bytes that are not UTF-8) is skipped."""
-    try:
-        lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-            well_formed = (isinstance(record, dict) and type(record.get("step")) is int
-                           and all(isinstance(record.get(k, 0.0), (int, float)) for k in METRIC_FIELDS))
-        except ValueError:
-            well_formed = False
-        if well_formed:
-            records.append(record)
-    return records
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records up to `step`: later ones belong to steps the resumed run will
-    compute again."""
-    if path.exists():
-        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
-        write_text(path, "".join(kept))
-
-
-STOP_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report
-
-
-class StopSignals:
-    """SIGINT and SIGTERM while training: the first asks the loop to stop after the
-    current step and save; a second stops at once, leaving the checkpoints as they are.
-
-    SIGXFSZ is ignored meanwhile so that a file-size limit makes a write fail with an
-    error we report, instead of killing the process."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            raise StopNow(signum)
-        self.received = signum
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in STOP_EXIT_CODES:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            if hasattr(signal, "SIGXFSZ"):
-                self._previous[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-class StopNow(KeyboardInterrupt):
-    """A second stop signal: unwind at once (a checkpoint being written is abandoned)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path, run_info: dict,
@@ -458,7 +178,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
     train_cfg = config.train
     grads = ts.params.zeros_like()
     decay_views = [ts.params[n] for n in ts.params.names() if ".W_" in n]  # not the biases
-    last_path = run_dir / ("last" + checkpoint.EXTENSION)
+    last_path = checkpoint_path(run_dir, "last")
     saved_step = ts.step if last_path.exists() else None
     resume_hint = f"resume with: charlstm train --resume {run_dir}"
     val_loss = math.nan
@@ -466,7 +186,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
 
     def save(name: str) -> Path:
         ts.elapsed_s = time.perf_counter() - clock
-        path = run_dir / (name + checkpoint.EXTENSION)
+        path = checkpoint_path(run_dir, name)
         try:
             checkpoint.save(path, ts.to_checkpoint(config, data.vocab, data.windows_per_epoch))
         except CharlstmError as exc:  # e.g. disk full: say how to go on once it is fixed
@@ -480,14 +200,16 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         run_info.update(status=status, steps=ts.step, best_val_loss=ts.best_val_loss,
                         wall_time_s=time.perf_counter() - clock, **fields)
         try:
-            write_json(run_dir / "run.json", run_info)
+            write_run_info(run_dir, run_info)
         except CharlstmError:
             pass  # the error being reported matters more than this record
 
     for outcome in ("error", "final_val_loss"):  # of an earlier attempt at this run
         run_info.pop(outcome, None)
     finish("running")
-    log = MetricsLog(run_dir / "metrics.jsonl", train_cfg.batch_size * train_cfg.seq_len, clock)
+    log = MetricsLog(run_dir)
+    chars_per_step = train_cfg.batch_size * train_cfg.seq_len
+    smoothed_loss: float | None = None  # for the progress bar and the evaluation line
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
                dynamic_ncols=True, mininterval=0.5, unit="step")
     try:
@@ -501,9 +223,10 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                     raise TrainingDiverged(
                         f"{exc}; {kept_checkpoint(last_path if saved_step is not None else None)}; "
                         f"try a lower train.lr (now {train_cfg.lr:g}) or train.grad_clip") from None
-                log.add_step(loss, time.perf_counter() - step_started)
-                bar.set_postfix_str(f"loss {log.smoothed_loss:.3f} lr {lr:.2e} {log.chars_per_s:,.0f} char/s",
-                                    refresh=False)
+                ts.since_log.add(loss, time.perf_counter() - step_started)
+                smoothed_loss = loss if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * loss
+                bar.set_postfix_str(f"loss {smoothed_loss:.3f} lr {lr:.2e} "
+                                    f"{ts.since_log.chars_per_s(chars_per_step):,.0f} char/s", refresh=False)
                 bar.update(1)
 
                 evaluation = {}
@@ -514,12 +237,16 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                     ts.best_val_loss = min(ts.best_val_loss, val_loss)
                     evaluation = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
                     echo(f"step {ts.step}: val {val_loss:.4f} nats/char ({val_loss / math.log(2):.4f} "
-                         f"bits/char){' (best)' if improved else ''}, train {log.smoothed_loss:.4f}")
+                         f"bits/char){' (best)' if improved else ''}, train {smoothed_loss:.4f}")
                     if improved:
                         save("best")
                 if due(train_cfg.log_every) or evaluation:
-                    log.write(step=ts.step, epoch=ts.step / data.windows_per_epoch, lr=lr,
-                              grad_norm=grad_norm, **evaluation)
+                    log.write({"step": ts.step, "train_loss": ts.since_log.mean_loss(),
+                               "chars_per_s": ts.since_log.chars_per_s(chars_per_step),
+                               "elapsed_s": time.perf_counter() - clock,
+                               "epoch": ts.step / data.windows_per_epoch, "lr": lr, "grad_norm": grad_norm,
+                               **evaluation})
+                    ts.since_log = LogWindow()
                 if train_cfg.sample_length and due(train_cfg.sample_every):
                     text = "".join(generate(ts.params, data.vocab, train_cfg.sample_length,
                                             temperature=0.8, rng=ts.rngs["sample"]))
@@ -554,11 +281,3 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
 
 def kept_checkpoint(path: Path | None) -> str:
     return f"the last good checkpoint ({path}) is untouched" if path else "no checkpoint had been written yet"
-
-
-def write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    checkpoint.atomic_write(path, text.encode("utf-8"))

@@ -59,3 +59,18 @@ def fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T, buffers=None):
     grads = (np.empty_like(W_x), np.empty_like(W_h), np.empty_like(b))
     d_x, d_h0, d_c0 = layer_backward(layer, cache, d_out.transpose(0, 2, 1), grads, d_h_T.T, d_c_T.T, True, buffers)
     return outputs, final, d_x.transpose(0, 2, 1), d_h0.T, d_c0.T, grads
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """best.safetensors of a 2x32 model trained until its argmax text is the corpus's
+    sentences (300 steps, about a second): the checkpoint the export tests use."""
+    from charlstm.cli import main
+
+    root = tmp_path_factory.mktemp("small_model")
+    corpus = write_tiny_corpus(root)
+    assert main(["train", str(corpus), "--out", str(root / "run"), "--quiet",
+                 "--set", "model.hidden_size=32", "--set", "train.max_steps=300",
+                 "--set", "train.batch_size=8", "--set", "train.seq_len=32", "--set", "train.lr=0.01",
+                 "--set", "train.eval_every=100", "--set", "train.sample_length=0"]) == 0
+    return root / "run" / "best.safetensors"

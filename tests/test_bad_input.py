@@ -2,15 +2,15 @@
 `error:` line on stderr naming the problem (no traceback), and every file that was
 there before, the good run included, byte for byte unchanged."""
 
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.numpy
 
+from charlstm import checkpoint
 from charlstm.cli import main
+from charlstm.interop import to_keras_weights
 from conftest import write_tiny_corpus
 
 TINY = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4", "--set", "train.seq_len=12",
@@ -44,10 +44,9 @@ def flipped_byte(path: str) -> str:
 
 
 def newer_format(path: str) -> str:
-    raw = Path(GOOD_CKPT).read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
-    metadata = {**header["__metadata__"], "format_version": "99"}
-    return write(path, safetensors.numpy.save(safetensors.numpy.load(raw), metadata=metadata))
+    tensors, payload = checkpoint.read_checkpoint(Path(GOOD_CKPT))
+    checkpoint.write_checkpoint(Path(path), tensors, payload, format_version=99)
+    return path
 
 
 def npz_with_object_arrays(path: str) -> str:
@@ -58,6 +57,19 @@ def npz_with_object_arrays(path: str) -> str:
 def run_with_corrupt_last(run_dir: str) -> str:
     shutil.copytree("good", run_dir)
     flipped_byte(f"{run_dir}/last.safetensors")
+    write(f"{run_dir}/.last.safetensors.tmp-123", b"half of a checkpoint a killed run left")
+    return run_dir
+
+
+def run_whose_last(run_dir: str, change) -> str:
+    """A copy of the good run whose `last` is checksum-valid but changed by `change(tensors,
+    payload)`, beside the temporary file of a killed write."""
+    shutil.copytree("good", run_dir)
+    last = Path(run_dir, "last.safetensors")
+    tensors, payload = checkpoint.read_checkpoint(last)
+    change(tensors, payload)
+    checkpoint.write_checkpoint(last, tensors, payload)
+    write(f"{run_dir}/.last.safetensors.tmp-123", b"half of a checkpoint a killed run left")
     return run_dir
 
 
@@ -67,10 +79,12 @@ def exported(path: str) -> str:
 
 
 def keras_with_strings(path: str) -> str:
-    assert main(["export", "--ckpt", GOOD_CKPT, "--to", "keras", path]) == 0
-    weights = dict(np.load(path))
+    """Keras weights (the .npz that earlier versions exported) whose dense kernel is text."""
+    assert main(["export", "--ckpt", GOOD_CKPT, "--to", "torch", "k.safetensors"]) == 0
+    weights = to_keras_weights(checkpoint.load(GOOD_CKPT).params)
     weights["dense/kernel"] = weights["dense/kernel"].astype(str)
     np.savez(path, **weights)
+    Path("k.vocab.json").rename(Path(path).with_suffix(".vocab.json"))
     return path
 
 
@@ -86,10 +100,14 @@ def train(corpus: str, *args: str) -> list[str]:
 CASES = {
     # corpus
     "corpus missing": (lambda: train("missing.txt"), "missing.txt does not exist"),
-    "corpus is a directory": (lambda: train(str(Path("good").resolve())), "is a directory; pass a text file"),
+    "corpus is a directory": (lambda: train(str(Path("good").resolve())), "/good is a directory, not a file"),
     "corpus empty": (lambda: train(write("empty.txt", ""), *TINY), "corpus empty.txt is empty"),
     "corpus undecodable": (lambda: train(write("bad.txt", b"caf\xc3\xa9 ok \xff then more"), *TINY),
                            "bad.txt: byte 9 is not valid utf-8"),
+    "corpus in a codec that is no text encoding": (lambda: train("tiny.txt", *TINY, "--set", "data.encoding=hex"),
+                                                   "'data.encoding' must be a text encoding"),
+    "corpus in a codec that cannot decode": (lambda: train("tiny.txt", *TINY, "--set", "data.encoding=undefined"),
+                                             "tiny.txt cannot be decoded as undefined"),
     "corpus one character": (lambda: train(write("aaa.txt", "a" * 5000), *TINY), "only one distinct character"),
     "corpus too short": (lambda: train(write("short.txt", "abcdefghij" * 5)),
                          "has 50 characters; batch_size=32 and seq_len=64 need at least 2311"),
@@ -122,6 +140,14 @@ CASES = {
                                "pickles.npz is a zip or .npz archive, not a charlstm checkpoint"),
     "resume from a corrupt checkpoint": (lambda: ["train", "--resume", run_with_corrupt_last("copy")],
                                          "checkpoint copy/last.safetensors is truncated or corrupt"),
+    "resume from a checkpoint without generator states": (
+        lambda: ["train", "--resume", run_whose_last("copy", lambda t, p: p.pop("rng_states")),
+                 "--set", "train.max_steps=20"],
+        "the checkpoint lacks the optimizer, state or generator data a resume needs"),
+    "resume from a checkpoint whose Adam moments would broadcast": (
+        lambda: ["train", "--resume", run_whose_last("copy", lambda t, p: t.update({"optimizer.exp_avg": np.zeros(1, np.float32)})),
+                 "--set", "train.max_steps=20"],
+        "copy/last.safetensors is incomplete or inconsistent (optimizer.exp_avg has shape (1,), expected"),
     "resume of a directory that is no run": (lambda: ["train", "--resume", write_dir("plain")],
                                              "--resume plain: not a charlstm run directory"),
     # run directory
@@ -131,8 +157,8 @@ CASES = {
     # export and import never write over an input or, without --force, an existing file
     "export over its own checkpoint": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "torch", GOOD_CKPT, "--force"],
                                        "good/last.safetensors is also an input"),
-    "export over a file": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "keras", write("taken.npz", "mine")],
-                           "taken.npz already exists; choose another name or pass --force"),
+    "export over a file": (lambda: ["export", "--ckpt", GOOD_CKPT, "--to", "keras", write("taken.weights.h5", "mine")],
+                           "taken.weights.h5 already exists; choose another name or pass --force"),
     "import over a checkpoint": (lambda: ["import", "--from", "torch", exported("w.safetensors"), "--vocab",
                                           "w.vocab.json", "--out", "good/best.safetensors"],
                                  "good/best.safetensors already exists"),

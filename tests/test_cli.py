@@ -60,12 +60,27 @@ def test_several_samples_are_printed_one_after_another_under_headers(trained, ca
     assert greedy == [capsys.readouterr().out] * 3
 
 
+def test_text_with_a_lone_surrogate_trains_samples_and_exports(tmp_path, capsys):
+    """unicode_escape reads the six characters \\ud800 as a lone surrogate, which no
+    output encoding can write: it is printed and exported as its escape."""
+    corpus = tmp_path / "escaped.txt"
+    corpus.write_text("the cat \\ud800 sat on the mat.\n" * 60, encoding="ascii")
+    run_dir = tmp_path / "run"
+    assert main(["train", str(corpus), "--out", str(run_dir), *TINY, "--set", "data.encoding=unicode_escape"]) == 0
+    capsys.readouterr()
+    ckpt = str(run_dir / "last.safetensors")
+    assert main(["sample", "--ckpt", ckpt, "--length", "5", "--prime", "the \ud800"]) == 0
+    assert capsys.readouterr().out.startswith("the \\ud800")
+    assert main(["export", "--ckpt", ckpt, "--to", "torch", str(tmp_path / "w.safetensors")]) == 0
+    assert "\ud800" in json.loads((tmp_path / "w.vocab.json").read_text(encoding="utf-8"))["chars"]
+
+
 def test_installed_console_script_runs(tmp_path):
     """The `charlstm` entry point itself, as a user runs it."""
     result = subprocess.run([sys.executable, "-m", "charlstm.cli", "train", str(tmp_path / "none.txt")],
                             capture_output=True, text=True)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"error: {tmp_path / 'none.txt'} does not exist"
+    assert result.stderr.strip() == f"error: corpus {tmp_path / 'none.txt'} does not exist"
 
 
 def test_eval_gives_the_same_number_whatever_batch_the_model_was_trained_with(trained, tiny_corpus, tmp_path, capsys):
@@ -78,7 +93,8 @@ def test_eval_gives_the_same_number_whatever_batch_the_model_was_trained_with(tr
     for batch_size in (4, 1, 37):
         config = dataclasses.replace(ckpt.config, train=dataclasses.replace(ckpt.config.train, batch_size=batch_size))
         path = tmp_path / f"batch{batch_size}.safetensors"
-        checkpoint.save(path, dataclasses.replace(ckpt, config=config))
+        carried = tuple(np.zeros((a.shape[0], batch_size, a.shape[2]), a.dtype) for a in ckpt.carried_state)
+        checkpoint.save(path, dataclasses.replace(ckpt, config=config, carried_state=carried))
         assert main(["eval", "--ckpt", str(path), str(tiny_corpus), "--json"]) == 0
         results.append(json.loads(capsys.readouterr().out))
     assert results[0] == results[1] == results[2]

@@ -60,6 +60,22 @@ def test_other_encodings_are_read(tmp_path):
     assert vocab.decode(ids) == "café"
 
 
+def test_any_decodable_text_makes_a_vocabulary_even_one_with_a_lone_surrogate(tmp_path):
+    # unicode_escape turns the six characters \ud800 into a lone surrogate, which
+    # strict UTF-8 and UTF-32 cannot encode
+    path = write(tmp_path, b"a\\ud800b\\ud800" * 3)
+    vocab, ids = read_corpus(path, "unicode_escape")
+    assert vocab.chars == "ab\ud800"
+    assert vocab.decode(ids) == "a\ud800b\ud800" * 3
+    assert np.array_equal(vocab.encode("\ud800ba"), [2, 1, 0])
+
+
+def test_a_codec_that_fails_without_naming_a_byte_is_one_line(tmp_path):
+    with pytest.raises(CharlstmError, match="cannot be decoded as undefined") as info:
+        read_corpus(write(tmp_path, b"text"), "undefined")
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("content, fragment", [
     (b"", "is empty"),
     (b"aaaa", "only one distinct character"),

@@ -1,5 +1,6 @@
 """`charlstm export` and `charlstm import`: PyTorch and Keras files, vocabularies, refusals."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from charlstm import checkpoint
 from charlstm.cli import main
 from charlstm.exchange import read_vocab, vocab_path_for
 from charlstm.model import initial_state, logits
-from charlstm.train import TrainingState
+from charlstm.state import TrainingState
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,10 @@ def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp
 
     out = tmp_path / "model.safetensors"
     assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(out)]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"wrote {out}", f"wrote {tmp_path / 'model.vocab.json'}"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"wrote {out}", f"wrote {tmp_path / 'model.vocab.json'}"]
+    assert len(lines) == 3
+    assert lines[2].startswith("checked: the safetensors file read back gives the checkpoint's logits")
     ckpt = checkpoint.load(trained_ckpt)
     params = ckpt.params
     assert json.loads((tmp_path / "model.vocab.json").read_text(encoding="utf-8")) == {"chars": ckpt.vocab.chars}
@@ -60,7 +64,11 @@ def test_export_torch_loads_strictly_and_gives_the_same_logits(trained_ckpt, tmp
     np.testing.assert_allclose(ours, torch_logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fmt, suffix", [("torch", ".safetensors"), ("keras", ".npz")])
+@pytest.mark.parametrize("fmt, suffix", [
+    ("torch", ".safetensors"),
+    pytest.param("keras", ".weights.h5", marks=pytest.mark.skipif(
+        importlib.util.find_spec("h5py") is None, reason="the keras extra is not installed (pip install '.[keras]')")),
+])
 def test_export_import_export_round_trip_is_exact(trained_ckpt, tmp_path, fmt, suffix, capsys):
     first, second = tmp_path / f"first{suffix}", tmp_path / f"second{suffix}"
     imported = tmp_path / "imported.safetensors"
@@ -68,11 +76,7 @@ def test_export_import_export_round_trip_is_exact(trained_ckpt, tmp_path, fmt, s
     assert main(["import", "--from", fmt, str(first), "--vocab", str(vocab_path_for(first)),
                  "--out", str(imported)]) == 0
     assert main(["export", "--ckpt", str(imported), "--to", fmt, str(second)]) == 0
-    if fmt == "torch":
-        assert first.read_bytes() == second.read_bytes()
-    else:
-        with np.load(first, allow_pickle=False) as a, np.load(second, allow_pickle=False) as b:
-            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert first.read_bytes() == second.read_bytes()
 
     original, back = checkpoint.load(trained_ckpt), checkpoint.load(imported)
     assert np.array_equal(original.params.flat, back.params.flat)
@@ -187,17 +191,18 @@ def test_bad_inputs_are_one_line(trained_ckpt, tmp_path, capsys):
         (["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path)], "is a directory"),
         (["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / "no" / "m.safetensors")],
          "does not exist"),
-        (["export", "--ckpt", str(trained_ckpt), "--to", "onnx", str(tmp_path / "x")], "'onnx' is not one of"),
+        (["export", "--ckpt", str(trained_ckpt), "--to", "tflite", str(tmp_path / "x")], "'tflite' is not one of"),
         (["import", "--from", "torch", str(tmp_path / "none"), "--vocab", str(vocab), "--out", "o"],
          "weights file"),
         (["import", "--from", "torch", str(weights), "--vocab", str(tmp_path / "none.json"), "--out", "o"],
          "vocabulary file"),
         (["import", "--from", "torch", str(text), "--vocab", str(vocab), "--out", "o"], "not a readable safetensors"),
-        (["import", "--from", "keras", str(text), "--vocab", str(vocab), "--out", "o"], "not a readable .npz"),
+        (["import", "--from", "keras", str(text), "--vocab", str(vocab), "--out", "o"],
+         "not a readable Keras .weights.h5 (or .npz)"),
         (["import", "--from", "keras", str(npz_with_objects), "--vocab", str(vocab), "--out", "o"],
-         "not a readable .npz"),
+         "not a readable Keras .weights.h5 (or .npz)"),
         (["import", "--from", "keras", str(single_array), "--vocab", str(vocab), "--out", "o"],
-         "not a readable .npz"),
+         "not a readable Keras .weights.h5 (or .npz)"),
         (["import", "--from", "torch", str(wrong_names), "--vocab", str(vocab), "--out", "o"],
          "state dict lacks head.weight"),
         (["import", "--from", "torch", str(weights), "--vocab", str(vocab), "--out",
@@ -245,3 +250,25 @@ def test_import_as_a_run_refuses_a_corpus_with_other_characters(trained_ckpt, tm
                            (["--run-dir", "b"], "--run-dir and --corpus go together")):
         assert main(["import", "--from", "torch", str(weights), "--vocab", str(vocab), *args]) == 1
         assert fragment in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.PTH", "model.bin"])
+def test_export_torch_refuses_a_name_torch_load_would_try(trained_ckpt, tmp_path, capsys, name):
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / name)]) == 1
+    line = one_error_line(capsys)
+    assert "--to torch writes safetensors, which torch.load cannot open; name it model.safetensors" in line
+    assert 'safetensors.torch.load_file("model.safetensors")' in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_and_keras_exports_of_one_checkpoint_share_its_vocabulary_file(trained_ckpt, tmp_path, capsys):
+    pytest.importorskip("h5py", reason="the keras extra is not installed (pip install '.[keras]')")
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / "my.safetensors")]) == 0
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "keras", str(tmp_path / "my.weights.h5")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my.safetensors", "my.vocab.json", "my.weights.h5"]
+    other = tmp_path / "other.vocab.json"
+    other.write_text('{"chars": "xy"}', encoding="utf-8")  # a different vocabulary is still never replaced
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(trained_ckpt), "--to", "torch", str(tmp_path / "other.safetensors")]) == 1
+    assert "other.vocab.json already exists" in one_error_line(capsys)

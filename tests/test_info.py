@@ -1,5 +1,6 @@
 """`charlstm info`: what a checkpoint holds, readable."""
 
+import json
 import math
 
 import numpy as np
@@ -71,3 +72,30 @@ def test_info_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
     assert "does not exist" in one_error_line(capsys)
     assert main(["info", "--ckpt", str(tmp_path)]) == 1
     assert "is a directory" in one_error_line(capsys)
+
+
+def test_info_json_holds_what_info_prints(tiny_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *TINY_RUN]) == 0
+    path = run_dir / "best.safetensors"
+    capsys.readouterr()
+    assert main(["info", "--ckpt", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # one JSON object on one line
+    facts = json.loads(out)
+    ckpt = checkpoint.load(path)
+    assert set(facts) == {"checkpoint", "config", "vocabulary", "parameters", "gate_norms", "initial_state",
+                          "training"}
+    assert facts["checkpoint"] == str(path)
+    assert facts["config"]["model"]["hidden_size"] == 16 and facts["config"]["train"]["max_steps"] == 20
+    assert facts["vocabulary"] == {"size": ckpt.vocab.size, "chars": ckpt.vocab.chars}
+    assert facts["parameters"]["total"] == ckpt.params.flat.size and facts["parameters"]["dtype"] == "float32"
+    assert facts["parameters"]["tensors"][0] == {"name": "lstm.0.W_x", "shape": [ckpt.vocab.size, 64],
+                                                 "count": ckpt.vocab.size * 64}
+    assert facts["gate_norms"] == gate_norms(ckpt.params)
+    best = ckpt.progress["best_val_loss"]
+    assert facts["training"] == {"step": ckpt.progress["step"], "epoch": ckpt.progress["epoch"],
+                                 "best_val_loss": best, "best_val_bpc": best / math.log(2)}
+    assert main(["info", "--ckpt", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert f"best validation loss: {best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" in text

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlstm import checkpoint, train as train_module
+from charlstm import checkpoint, files, train as train_module
 from charlstm.cli import main
 from charlstm.errors import CharlstmError
 from charlstm.train import TrainingInterrupted, resume, train
@@ -71,8 +71,16 @@ def stop_at_steps(monkeypatch, steps: set[int]) -> None:
     monkeypatch.setattr(train_module, "train_step", train_step)
 
 
-def test_stopped_and_resumed_three_times_equals_one_go(one_go, tiny_corpus, tmp_path, monkeypatch):
-    # Step 7 is mid-epoch and mid-warmup, 24 ends the first epoch, 41 is after an evaluation.
+def records_but_timing(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the fields that time the run, which no two runs share."""
+    return [{key: value for key, value in json.loads(line).items() if key not in ("chars_per_s", "elapsed_s")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stopped_and_resumed_three_times_equals_one_go_weights_and_metrics(one_go, tiny_corpus, tmp_path,
+                                                                           monkeypatch):
+    # Step 7 is mid-epoch and mid-warmup, 24 ends the first epoch, 41 is after an evaluation;
+    # 7 and 41 fall between two records (log_every 4), whose losses a resume must carry.
     stop_at_steps(monkeypatch, {7, 24, 41})
     run_dir = tmp_path / "stopped"
     with pytest.raises(TrainingInterrupted, match=r"stopped by SIGINT at step 7; saved .*last"
@@ -88,8 +96,42 @@ def test_stopped_and_resumed_three_times_equals_one_go(one_go, tiny_corpus, tmp_
     run_info = json.loads((run_dir / "run.json").read_text())
     assert run_info["status"] == "finished"
     assert [r["from_step"] for r in run_info["resumes"]] == [7, 24, 41]
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 60  # no step logged twice after a resume
+    assert records_but_timing(run_dir) == records_but_timing(tmp_path / "one-go")
+
+
+def strict_json(text: str):
+    """json.loads refusing NaN and Infinity, which Python writes but JSON has not."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_run_json_is_strict_json_at_every_moment(tiny_corpus, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    texts = []
+    real_step = train_module.train_step
+
+    def train_step(ts, *args):  # read run.json while training; stop at steps 3 and 20
+        texts.append((run_dir / "run.json").read_text())
+        if ts.step + 1 in (3, 20):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(ts, *args)
+
+    monkeypatch.setattr(train_module, "train_step", train_step)
+    config = tiny_config(**{"train.max_steps": 20, "train.eval_every": 10})
+    with pytest.raises(TrainingInterrupted, match="at step 3;"):  # before any evaluation
+        train(config, tiny_corpus, run_dir, **QUIET)
+    texts.append((run_dir / "run.json").read_text())
+    with pytest.raises(TrainingInterrupted, match="at step 20;"):  # at the last step
+        resume(run_dir, **QUIET)
+    texts.append((run_dir / "run.json").read_text())
+    resume(run_dir, **QUIET)  # nothing left to train: finishes with no new evaluation
+    texts.append((run_dir / "run.json").read_text())
+    infos = [strict_json(text) for text in texts]
+    assert infos[0]["status"] == "running" and infos[0]["best_val_loss"] is None
+    assert infos[-1]["status"] == "finished" and infos[-1]["final_val_loss"] is None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        strict_json(line)
 
 
 def test_resume_may_raise_max_steps_and_records_it(tiny_corpus, tmp_path):
@@ -170,9 +212,22 @@ def test_resume_refuses_other_text_and_non_runs(tiny_corpus, tmp_path):
     run_json.write_text(good_json)
     moved = tmp_path / "moved.txt"
     tiny_corpus.rename(moved)
-    with pytest.raises(CharlstmError, match="no longer exists; pass the same text"):
+    with pytest.raises(CharlstmError, match="the run's corpus .* does not exist; pass the same text"):
         resume(run_dir, ["train.max_steps=20"], **QUIET)
     assert resume(run_dir, ["train.max_steps=20"], moved, **QUIET).steps == 20
+
+
+def test_a_resume_on_a_moved_corpus_records_it_so_the_printed_command_works(tiny_corpus, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(tiny_config(**{**EXACT, "train.max_steps": 10}), tiny_corpus, run_dir, **QUIET)
+    moved = tmp_path / "moved" / "tiny.txt"
+    moved.parent.mkdir()
+    tiny_corpus.rename(moved)
+    stop_at_steps(monkeypatch, {15})
+    with pytest.raises(TrainingInterrupted, match=f"resume with: charlstm train --resume {run_dir}$"):
+        resume(run_dir, ["train.max_steps=20"], moved, **QUIET)
+    assert json.loads((run_dir / "run.json").read_text())["corpus"] == str(moved.resolve())
+    assert resume(run_dir, **QUIET).steps == 20  # the printed command, without the corpus
 
 
 # ---- real processes: signals, kills and a file-size limit ----
@@ -308,7 +363,7 @@ def test_a_full_disk_during_a_write_keeps_the_previous_checkpoint(tiny_corpus, t
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(CharlstmError, match="No space left on device; the previous file is untouched"):
         resume(run_dir, ["train.max_steps=20"], **QUIET)
     assert (run_dir / "last.safetensors").read_bytes() == before

@@ -17,8 +17,9 @@ from cli_helpers import one_error_line
 
 from charlstm import checkpoint
 from charlstm.cli import main
-from charlstm.config import save_config
+from charlstm.data import file_sha256
 from charlstm.errors import CharlstmError
+from charlstm.rundir import write_config
 from charlstm.sweep import blas_env, plan, read_sweep, run_name, train_command
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -158,7 +159,8 @@ def test_unfinished_runs_are_resumed_and_new_ones_start_fresh(tmp_path, tiny_cor
     sweep = read_sweep(write_sweep(tmp_path, tiny_corpus))
     run = plan(sweep)[0]
     charlstm = [sys.executable, "-m", "charlstm.cli", "train"]
-    assert train_command(run, sweep, "started") == [*charlstm, "--resume", str(run.run_dir), "--quiet"]
+    assert train_command(run, sweep, "started") == [*charlstm, str(sweep.corpus), "--resume", str(run.run_dir),
+                                                    "--quiet"]
     fresh = train_command(run, sweep, "new")
     assert fresh[:5] == [*charlstm, str(sweep.corpus)] and fresh[-3:] == ["--out", str(run.run_dir), "--quiet"]
     assert "train.lr=0.003" in fresh and "model.hidden_size=12" in fresh
@@ -170,13 +172,27 @@ def test_resume_path_a_started_run_is_resumed_through_train_resume(tmp_path, tin
     path = write_sweep(tmp_path, tiny_corpus, grid={"train.lr": [0.03]})
     run = plan(read_sweep(path))[0]
     run.run_dir.mkdir(parents=True)
-    save_config(run.config, run.run_dir / "config.yaml")
+    write_config(run.run_dir, run.config)
     (run.run_dir / "run.json").write_text(json.dumps({"corpus": str(tiny_corpus), "status": "running"}))
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
     assert "lr=0.03: resuming" in out and "lr=0.03: finished in" in out
     info = json.loads((run.run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == TINY_SHARED["train.max_steps"]
+
+
+def test_a_started_run_resumes_on_the_sweeps_corpus_after_the_corpus_moved(tmp_path, tiny_corpus, capsys):
+    path = write_sweep(tmp_path, tiny_corpus, grid={"train.lr": [0.03]})
+    run = plan(read_sweep(path))[0]
+    run.run_dir.mkdir(parents=True)
+    write_config(run.run_dir, run.config)
+    (run.run_dir / "run.json").write_text(json.dumps({
+        "corpus": str(tmp_path / "where-it-was.txt"), "corpus_sha256": file_sha256(tiny_corpus),
+        "status": "running"}))
+    assert main(["sweep", str(path)]) == 0
+    assert "lr=0.03: resuming" in capsys.readouterr().out
+    info = json.loads((run.run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["corpus"] == str(tiny_corpus.resolve())
 
 
 def test_example_sweep_file_is_valid():
@@ -232,7 +248,7 @@ def test_a_diverged_run_is_a_result_and_is_not_rerun(tmp_path, tiny_corpus, caps
     path = write_sweep(tmp_path, tiny_corpus, grid={"train.lr": [0.03]})
     run = plan(read_sweep(path))[0]
     run.run_dir.mkdir(parents=True)
-    save_config(run.config, run.run_dir / "config.yaml")
+    write_config(run.run_dir, run.config)
     (run.run_dir / "run.json").write_text(json.dumps({"status": "diverged", "num_params": 5}))
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,73 @@
+"""Files in and out: every file charlstm writes is replaced atomically, every JSON file
+is strict JSON, and every input file is checked the same way before it is read."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import CharlstmError
+
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path, or a CharlstmError if it does not exist or is a directory;
+    `what` names the file for the user ("corpus", "checkpoint", ...)."""
+    path = Path(path)
+    if not path.exists():
+        raise CharlstmError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise CharlstmError(f"{what} {path} is a directory, not a file")
+    return path
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers only ever see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CharlstmError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file is untouched") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
+
+
+def strict_json(obj, indent: int | None = None) -> str:
+    """JSON that any parser reads. Python writes NaN and Infinity, which are not JSON,
+    so a non-finite number is written as null (no value, e.g. no validation loss yet)."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, strict_json(obj, indent=2) + "\n")
