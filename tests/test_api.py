@@ -8,7 +8,7 @@ import charlstm
 from charlstm import api
 from charlstm.cli import main
 from charlstm.errors import CharlstmError
-from charlstm.model import forward, init_params, initial_state, logits, zero_state
+from charlstm.model import forward, init_params, initial_state, logits
 
 TEXT = "the red cat sat on the mat.\nthe old hen sat on the log.\n" * 3
 

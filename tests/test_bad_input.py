@@ -11,11 +11,9 @@ import pytest
 from charlstm import checkpoint
 from charlstm.cli import main
 from charlstm.interop import to_keras_weights
-from conftest import write_tiny_corpus
+from helpers import tiny_args, write_tiny_corpus
 
-TINY = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4", "--set", "train.seq_len=12",
-        "--set", "train.max_steps=10", "--set", "train.eval_every=5", "--set", "train.sample_length=0",
-        "--quiet"]
+TINY = tiny_args(**{"train.max_steps": 10, "train.eval_every": 5})
 GOOD_CKPT = "good/last.safetensors"
 
 

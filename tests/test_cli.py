@@ -3,24 +3,19 @@
 import json
 import re
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from charlstm.cli import main
+from helpers import charlstm_command, tiny_args
 
-TINY = ["--set", "model.hidden_size=16", "--set", "train.batch_size=4", "--set", "train.seq_len=12",
-        "--set", "train.max_steps=20", "--set", "train.eval_every=10", "--set", "train.sample_every=10",
-        "--set", "train.sample_length=10", "--quiet"]
+TINY = tiny_args(**{"train.sample_length": 10})
 
 
 @pytest.fixture
-def trained(tiny_corpus, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *TINY]) == 0
-    capsys.readouterr()
-    return run_dir
+def trained(tiny_run):
+    return tiny_run
 
 
 def test_train_then_sample_then_eval(trained, tiny_corpus, capsys):
@@ -77,7 +72,7 @@ def test_text_with_a_lone_surrogate_trains_samples_and_exports(tmp_path, capsys)
 
 def test_installed_console_script_runs(tmp_path):
     """The `charlstm` entry point itself, as a user runs it."""
-    result = subprocess.run([sys.executable, "-m", "charlstm.cli", "train", str(tmp_path / "none.txt")],
+    result = subprocess.run(charlstm_command("train", tmp_path / "none.txt"),
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: corpus {tmp_path / 'none.txt'} does not exist"

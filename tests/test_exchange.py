@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import safetensors.numpy
-from cli_helpers import TINY_RUN, one_error_line
+from helpers import TINY_RUN, one_error_line
 
 from charlstm import checkpoint
 from charlstm.cli import main

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from cli_helpers import TINY_RUN, one_error_line
+from helpers import one_error_line
 
 from charlstm import checkpoint
 from charlstm.cli import main
@@ -43,11 +43,8 @@ def test_vocabulary_is_one_line_with_escapes():
     assert "best validation loss: none yet" in text
 
 
-def test_info_command_on_a_trained_checkpoint(tiny_corpus, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *TINY_RUN]) == 0
-    capsys.readouterr()
-    path = run_dir / "best.safetensors"
+def test_info_command_on_a_trained_checkpoint(tiny_run, capsys):
+    path = tiny_run / "best.safetensors"
     assert main(["info", "--ckpt", str(path)]) == 0
     out = capsys.readouterr().out
     ckpt = checkpoint.load(path)
@@ -74,11 +71,8 @@ def test_info_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
     assert "is a directory" in one_error_line(capsys)
 
 
-def test_info_json_holds_what_info_prints(tiny_corpus, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *TINY_RUN]) == 0
-    path = run_dir / "best.safetensors"
-    capsys.readouterr()
+def test_info_json_holds_what_info_prints(tiny_run, capsys):
+    path = tiny_run / "best.safetensors"
     assert main(["info", "--ckpt", str(path), "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1  # one JSON object on one line

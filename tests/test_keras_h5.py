@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_helpers import one_error_line
+from helpers import one_error_line
 
 import charlstm
 from charlstm import keras_h5

@@ -8,7 +8,7 @@ from charlstm import reference
 from charlstm.lstm import (ONEHOT_SCATTER_MAX_VOCAB, LayerBuffers, input_projection, layer_backward,
                            layer_forward, prepare_layer, scatter_add_rows)
 from charlstm.model import columns
-from conftest import fast_layer
+from helpers import fast_layer
 
 
 def random_layer(rng, T=6, B=3, D=5, H=4, dtype=np.float64):

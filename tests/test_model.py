@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charlstm.model import ModelBuffers, Params, backward, forward, init_params, param_shapes, zero_state
-from conftest import numeric_gradient
+from helpers import numeric_gradient
 
 
 def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64) -> Params:

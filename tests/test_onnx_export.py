@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import one_error_line
+from helpers import one_error_line
 
 import charlstm
 from charlstm import api, onnx_export

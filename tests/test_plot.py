@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_helpers import TINY_RUN, one_error_line
+from helpers import TINY_RUN, one_error_line
 
 from charlstm.cli import main
 from charlstm.errors import CharlstmError

@@ -6,7 +6,7 @@ import pytest
 
 from charlstm import reference
 from charlstm.model import backward, forward, init_params
-from conftest import numeric_gradient
+from helpers import numeric_gradient
 
 
 def random_params(rng, vocab=7, hidden=4, layers=2):

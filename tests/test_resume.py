@@ -18,7 +18,7 @@ from charlstm import checkpoint, files, train as train_module
 from charlstm.cli import main
 from charlstm.errors import CharlstmError
 from charlstm.train import TrainingInterrupted, resume, train
-from conftest import tiny_config
+from helpers import charlstm_command as charlstm, metrics, tiny_config
 
 # 24 windows per epoch on the tiny corpus, dropout on, a cosine schedule with warmup,
 # samples drawn during training, streams reset to the learned initial state often:
@@ -73,8 +73,8 @@ def stop_at_steps(monkeypatch, steps: set[int]) -> None:
 
 def records_but_timing(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the fields that time the run, which no two runs share."""
-    return [{key: value for key, value in json.loads(line).items() if key not in ("chars_per_s", "elapsed_s")}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in record.items() if key not in ("chars_per_s", "elapsed_s")}
+            for record in metrics(run_dir)]
 
 
 def test_stopped_and_resumed_three_times_equals_one_go_weights_and_metrics(one_go, tiny_corpus, tmp_path,
@@ -154,10 +154,7 @@ def test_raising_max_steps_keeps_the_planned_schedule_then_trains_on_at_its_fina
     monkeypatch.undo()
     resume(tmp_path / "longer", ["train.max_steps=75"], **QUIET)
 
-    def records(run):
-        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-
-    one_go, longer = records("one-go"), records("longer")
+    one_go, longer = metrics(tmp_path / "one-go"), metrics(tmp_path / "longer")
     fields = ("step", "train_loss", "lr", "grad_norm")
     assert [[r[k] for k in fields] for r in longer[:60]] == [[r[k] for k in fields] for r in one_go]
     final_lr = one_go[-1]["lr"]  # cosine down to lr * final_lr_fraction
@@ -232,10 +229,6 @@ def test_a_resume_on_a_moved_corpus_records_it_so_the_printed_command_works(tiny
 
 # ---- real processes: signals, kills and a file-size limit ----
 
-def charlstm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "charlstm.cli", *args]
-
-
 def wait_for(condition, process, timeout=60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -271,20 +264,38 @@ def test_a_stop_signal_finishes_the_step_saves_and_the_printed_command_resumes_e
     assert_same_run(one_go, everything_resumable(run_dir / "last.safetensors"))
 
 
+# `charlstm train ARGS` whose fourth step blocks on purpose: it creates the file BLOCKED
+# and then waits, so that signals sent after the file appears land inside that step.
+# Once the first stop signal has been handled it creates BLOCKED.stopping (two signals
+# sent at once would reach Python's handler as one).
+BLOCKING_STEP = '''
+import sys, time
+from charlstm import cli, signals, train
+real_step, real_handle = train.train_step, signals.StopSignals._handle
+def train_step(ts, *args):
+    if ts.step == 3:
+        open(sys.argv[1], "w").close()
+        time.sleep(120)  # a signal handler runs; only one that raises ends the wait
+    return real_step(ts, *args)
+def handle(self, signum, frame):
+    real_handle(self, signum, frame)
+    open(sys.argv[1] + ".stopping", "w").close()
+train.train_step, signals.StopSignals._handle = train_step, handle
+sys.exit(cli.main(sys.argv[2:]))
+'''
+
+
 def test_a_second_ctrl_c_stops_at_once_and_leaves_the_checkpoint(tiny_corpus, tmp_path):
-    run_dir = tmp_path / "run"
-    # Steps of a few hundred ms, so both signals land inside one step.
-    slow_steps = {"model.hidden_size": 256, "train.batch_size": 32, "train.seq_len": 128,
-                  "train.max_steps": 2, "train.eval_every": 1000, "train.sample_length": 0}
-    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *cli_args(**slow_steps)]) == 0
+    run_dir, blocked = tmp_path / "run", tmp_path / "blocked"
+    assert main(["train", str(tiny_corpus), "--out", str(run_dir), *cli_args(**{"train.max_steps": 2})]) == 0
     before = (run_dir / "last.safetensors").read_bytes()
-    process = subprocess.Popen(charlstm("train", "--resume", str(run_dir), "--set", "train.max_steps=1000",
-                                        "--set", "train.log_every=1", "--quiet"),
+    process = subprocess.Popen([sys.executable, "-c", BLOCKING_STEP, str(blocked), "train", "--resume",
+                                str(run_dir), "--set", "train.max_steps=1000", "--quiet"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: logged_steps(run_dir) >= 3, process)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    wait_for(blocked.exists, process)
+    process.send_signal(signal.SIGINT)  # the first asks for a stop after the step ...
+    wait_for(Path(f"{blocked}.stopping").exists, process)
+    process.send_signal(signal.SIGINT)  # ... the second, inside the same step, stops at once
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     lines = err.strip().splitlines()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from cli_helpers import one_error_line
+from helpers import one_error_line
 
 from charlstm import checkpoint
 from charlstm.cli import main

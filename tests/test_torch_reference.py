@@ -11,7 +11,7 @@ import pytest
 from charlstm.errors import CharlstmError
 from charlstm.interop import from_torch_state_dict, to_torch_state_dict
 from charlstm.model import Params, backward, forward, init_params, initial_state
-from conftest import fast_layer
+from helpers import fast_layer
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional

@@ -10,15 +10,11 @@ from charlstm.errors import CharlstmError
 from charlstm.evaluate import evaluate
 from charlstm.model import forward, init_params, initial_state
 from charlstm.train import TrainingDiverged, train
-from conftest import tiny_config
+from helpers import metrics as read_metrics, tiny_config
 
 
 def run(tiny_corpus, tmp_path, name="run", **overrides):
     return train(tiny_config(**overrides), tiny_corpus, tmp_path / name, show_progress=False, echo=lambda s: None)
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_a_run_learns_and_records_everything(tiny_corpus, tmp_path):
@@ -113,3 +109,39 @@ def test_evaluate_with_one_stream_equals_one_forward_pass_from_the_initial_state
     many = evaluate(params, ids, streams=4, seq_len=7, warmup=50)
     assert (many.chars, many.streams, many.warmup_chars) == (300, 4, 150)
     assert abs(many.loss - whole) < 0.02
+
+
+def test_a_float64_run_trains_end_to_end_in_float64(tiny_corpus, tmp_path):
+    result = run(tiny_corpus, tmp_path, **{"train.dtype": "float64", "train.max_steps": 40})
+    last = checkpoint.load(tmp_path / "run" / "last.safetensors")
+    assert last.params.flat.dtype == np.float64
+    assert all(a.dtype == np.float64 for a in (*last.optimizer_moments, *last.carried_state))
+    records = [r for r in read_metrics(tmp_path / "run") if "val_loss" in r]
+    assert records[-1]["val_loss"] < records[0]["val_loss"] and result.best_val_loss < math.log(19)
+
+
+def test_weight_decay_shrinks_the_weight_matrices_and_leaves_the_biases_alone(tiny_corpus, tmp_path):
+    plain = run(tiny_corpus, tmp_path, "plain", **{"train.max_steps": 30})
+    decayed = run(tiny_corpus, tmp_path, "decayed", **{"train.max_steps": 30, "train.weight_decay": 1.0})
+    assert plain.steps == decayed.steps == 30
+    a = checkpoint.load(tmp_path / "plain" / "last.safetensors").params
+    b = checkpoint.load(tmp_path / "decayed" / "last.safetensors").params
+    for name in a.names():
+        if ".W_" in name:  # AdamW: lr * decay of every weight matrix, each step
+            assert np.linalg.norm(b[name]) < 0.9 * np.linalg.norm(a[name]), name
+    # the biases and the initial state are not decayed; their paths differ only through the weights
+    assert np.linalg.norm(b["head.b_y"]) > 0.5 * np.linalg.norm(a["head.b_y"])
+
+
+def test_a_vocabulary_above_the_scatter_threshold_trains_through_the_whole_model(tmp_path):
+    from charlstm.lstm import ONEHOT_SCATTER_MAX_VOCAB
+
+    rng = np.random.default_rng(0)
+    chars = [chr(0x4E00 + i) for i in range(ONEHOT_SCATTER_MAX_VOCAB + 100)]
+    corpus = tmp_path / "wide.txt"
+    corpus.write_text("".join(rng.choice(chars, 6000)) + "".join(chars), encoding="utf-8")
+    result = run(corpus, tmp_path, **{"train.max_steps": 15, "train.eval_every": 15})
+    best = checkpoint.load(tmp_path / "run" / "best.safetensors")
+    assert best.vocab.size == len(chars) > ONEHOT_SCATTER_MAX_VOCAB
+    assert best.params["lstm.0.W_x"].shape == (len(chars), 64)
+    assert math.isfinite(result.best_val_loss) and result.best_val_loss < math.log(len(chars)) + 0.5

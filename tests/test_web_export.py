@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
-from cli_helpers import one_error_line
+from helpers import one_error_line
 
 import charlstm
 from charlstm import api, web_export
