@@ -9,6 +9,7 @@ import numpy as np
 
 from charlstm.config import load_config
 from charlstm.lstm import layer_backward, layer_forward, prepare_layer
+from charlstm.model import init_params
 from charlstm.rundir import read_metrics
 
 # Trains in well under a second per few steps: 2 layers of 16 units, 4 streams of 12.
@@ -65,6 +66,17 @@ def one_error_line(capsys) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64):
+    """Initialised weights moved by noise, so every bias is nonzero and the gates vary."""
+    params = init_params(vocab, hidden, layers, 1.0, rng, dtype)
+    params.flat += rng.normal(scale=0.3, size=params.flat.shape)
+    return params
+
+
+def relative_error(analytic, numeric):
+    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
 
 
 def numeric_gradient(objective, array, eps=1e-5):

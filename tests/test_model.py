@@ -4,17 +4,7 @@ import numpy as np
 import pytest
 
 from charlstm.model import ModelBuffers, Params, backward, forward, init_params, param_shapes, zero_state
-from helpers import numeric_gradient
-
-
-def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64) -> Params:
-    params = init_params(vocab, hidden, layers, 1.0, rng, dtype)
-    params.flat += rng.normal(scale=0.3, size=params.flat.shape)  # nonzero biases, varied gates
-    return params
-
-
-def relative_error(analytic, numeric):
-    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
+from helpers import numeric_gradient, perturbed_model, relative_error
 
 
 def test_gradients_match_central_differences_for_every_tensor_and_the_initial_state():

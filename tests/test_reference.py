@@ -6,17 +6,7 @@ import pytest
 
 from charlstm import reference
 from charlstm.model import backward, forward, init_params
-from helpers import numeric_gradient
-
-
-def random_params(rng, vocab=7, hidden=4, layers=2):
-    params = init_params(vocab, hidden, layers, 1.0, rng, np.float64)
-    params.flat += rng.normal(scale=0.3, size=params.flat.shape)  # nonzero biases, varied gates
-    return params
-
-
-def relative_error(analytic, numeric):
-    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
+from helpers import numeric_gradient, perturbed_model as random_params, relative_error
 
 
 def test_step_backward_matches_finite_differences():
