@@ -76,7 +76,7 @@ def read_vocab(path: Path) -> Vocab:
     try:
         raw = load_json(path.read_bytes())
     except (OSError, ParseError) as exc:
-        raise CharlstmError(f"vocabulary file {path} is not usable UTF-8 JSON ({exc}); expected "
+        raise CharlstmError(f"vocabulary file {path} is not UTF-8 JSON ({exc}); expected "
                             '{"chars": "..."} or a list of characters') from None
     chars = raw.get("chars") if isinstance(raw, dict) else raw
     if isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars):
@@ -189,6 +189,9 @@ def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:
             raise ValueError
         with loaded as archive:
             return {name: archive[name] for name in archive.files}
+    except KeyError:  # safetensors.numpy has no NumPy dtype for bf16 and float8
+        raise CharlstmError(f"{path} holds arrays in a dtype NumPy has no type for (bfloat16 or float8); "
+                            "convert them to float32 first") from None
     except (safetensors.SafetensorError, ValueError, OSError, EOFError, zipfile.BadZipFile):
         kind = "safetensors" if fmt == "torch" else "Keras .weights.h5 (or .npz)"
         raise CharlstmError(f"{path} is not a readable {kind} file of named arrays") from None

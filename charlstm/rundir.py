@@ -133,11 +133,17 @@ class MetricsLog:
         self.file = open(run_dir / METRICS, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self.file.write(strict_json(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(strict_json(record) + "\n")
+            self.file.flush()
+        except OSError as exc:  # e.g. the disk filled up: train's handler records the run as failed
+            raise CharlstmError(f"could not write {self.file.name}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a write already failed and was reported
 
 
 METRIC_FIELDS = ("epoch", "train_loss", "lr", "grad_norm", "chars_per_s", "elapsed_s", "val_loss", "val_bpc")

@@ -273,7 +273,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 if due(train_cfg.checkpoint_every) or stop.received:
                     save("last")
                     saved_step = ts.step
-                if stop.received:
+                if stop.received and ts.step < train_cfg.max_steps:  # at the end: complete, not interrupted
                     finish("interrupted")
                     raise TrainingInterrupted(
                         f"stopped by {signal.Signals(stop.received).name} at step {ts.step}; saved "

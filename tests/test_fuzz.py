@@ -380,7 +380,7 @@ def test_case_count():
     per_checkpoint = len(commands("c", "r"))
     total = ((len(MUTATIONS) + len(METADATA)) * per_checkpoint
              + len({**HOSTILE_YAML, **HOSTILE_BYTES}) * 3 + len(SWEEPS) + len(VOCABS)
-             + len(fifo_cases("f")) + len(DEVICE_CASES) + 2 + 1 + len(EXTREME_NUMBERS) + 4 + 1)
+             + len(fifo_cases("f")) + len(DEVICE_CASES) + 2 + 1 + len(EXTREME_NUMBERS) + 4 + 1 + 3)
     print(f"fuzz cases: {total}")
     assert total >= 500
 
@@ -425,3 +425,14 @@ def test_output_to_a_full_device_is_one_line(workspace):
         done = subprocess.run([sys.executable, "-m", "charlstm.cli", "info", "--ckpt", "run/last.safetensors"],
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, cwd=workspace)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F8_E4M3", "F8_E5M2"])
+def test_import_of_dtypes_numpy_lacks(dtype, workspace, capsys):
+    header = json.dumps({"lstm.weight_ih_l0": {"dtype": dtype, "shape": [2], "data_offsets": [0, 4 if dtype == "BF16" else 2]}})
+    raw = header.encode() + b" " * (-len(header) % 8)
+    (workspace / "w.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    (workspace / "v.json").write_text('{"chars": "ab"}')
+    line = assert_refused(["import", "--from", "torch", "w.safetensors", "--vocab", "v.json", "--out", "n.safetensors"],
+                          workspace, capsys)
+    assert "convert them to float32" in line or "not a readable safetensors" in line
