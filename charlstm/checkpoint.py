@@ -32,10 +32,12 @@ import numpy as np
 import safetensors.numpy
 
 from . import __version__
-from .config import Config, ConfigError, config_from_dict, config_to_dict, with_legacy_defaults
+from . import schema
+from .config import Config, ConfigError, config_to_dict
 from .data import Vocab
 from .errors import CharlstmError
 from .files import atomic_write, existing_file
+from .parsing import ParseError, load_json
 from .model import Params, param_shapes
 
 FORMAT_NAME = "charlstm-checkpoint"
@@ -99,13 +101,16 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if header_len > len(data) - 8:
         raise not_ours if header_len > 100_000_000 else corrupt
     try:
-        header = json.loads(data[8:8 + header_len].decode("utf-8"))
+        header = load_json(data[8:8 + header_len])
         metadata = header.get("__metadata__") or {}
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (ParseError, AttributeError):
         raise corrupt from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise not_ours
-    version_text = str(metadata.get("format_version"))
+    version_text = metadata.get("format_version")
+    if not isinstance(version_text, str) or not version_text.isascii() or not version_text.isdigit() \
+            or len(version_text) > 6 or not isinstance(metadata.get("payload"), str):
+        raise corrupt
     try:
         version = int(version_text)
         tensors = safetensors.numpy.load(data)
@@ -120,9 +125,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             f"checkpoint {path} has format version {version}, newer than this charlstm "
             f"({__version__}) reads ({FORMAT_VERSION}); upgrade charlstm")
     try:
-        payload = json.loads(payload_json)
-    except ValueError:
-        raise corrupt from None
+        payload = load_json(payload_json)
+    except ParseError as exc:
+        raise CharlstmError(f"checkpoint {path}: its payload is unusable ({exc}); it cannot be used") from None
     return tensors, payload
 
 
@@ -143,45 +148,16 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     write_checkpoint(path, tensors, payload)
 
 
-def array_problem(tensors: dict[str, np.ndarray], shapes: dict[str, tuple], config: Config) -> str | None:
-    """What is wrong with a checkpoint's arrays for its config, or None. Shapes and
-    dtypes must match exactly: loading and resuming copy the arrays into place, and
-    NumPy would broadcast a wrong shape and cast a wrong dtype without a word."""
-    num_params = sum(int(np.prod(shape)) for shape in shapes.values())
-    model = config.model
-    state_shape = (model.num_layers, config.train.batch_size, model.hidden_size)  # (L, B, H)
-    expected = {f"model.{name}": shape for name, shape in shapes.items()}
-    # Adam's moments and the carried state are optional (not needed to sample), but
-    # each comes as a pair.
-    for pair, shape in ((("optimizer.exp_avg", "optimizer.exp_avg_sq"), (num_params,)),
-                        (("state.h", "state.c"), state_shape)):
-        if any(name in tensors for name in pair):
-            expected.update({name: shape for name in pair})
-    dtype = np.dtype(config.train.dtype)
-    for name, shape in expected.items():
-        if name not in tensors:
-            return f"{name} is missing"
-        if tensors[name].shape != shape:
-            return f"{name} has shape {tensors[name].shape}, expected {shape}"
-        if tensors[name].dtype != dtype:
-            return f"{name} has dtype {tensors[name].dtype}, expected {dtype} (train.dtype)"
-    return None
-
-
 def load(path: Path) -> Checkpoint:
+    """A checkpoint whose every field and array passed schema.check (else one
+    CharlstmError naming the field)."""
     tensors, payload = read_checkpoint(path)
     try:
-        config = config_from_dict(with_legacy_defaults(payload["config"]), f"config in {path}")
-        if not isinstance(payload["vocab"], str):
-            raise TypeError
-        vocab = Vocab(payload["vocab"])
-        shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers,
-                              config.model.initial_state == "learned")
-        problem = array_problem(tensors, shapes, config)
-    except (KeyError, ValueError, TypeError, ConfigError):
-        problem = "its payload"
-    if problem:
-        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent ({problem}); it cannot be used")
+        config, vocab = schema.check(tensors, payload, str(path))
+    except (schema.SchemaError, ConfigError) as exc:
+        raise CharlstmError(f"checkpoint {path} is incomplete or inconsistent ({exc}); it cannot be used") from None
+    shapes = param_shapes(vocab.size, config.model.hidden_size, config.model.num_layers,
+                          config.model.initial_state == "learned")
     params = Params(shapes, np.dtype(config.train.dtype))
     for name in shapes:
         params[name][...] = tensors[f"model.{name}"]

@@ -1,7 +1,7 @@
 """The `charlstm` command: Click commands that validate input and call the modules.
 
 Every user-facing failure is one line on stderr ("error: ..."), exit status 1 (2 for
-command-line usage errors, 130 for SIGINT/Ctrl-C, 143 for SIGTERM); only internal bugs
+command-line usage errors, 130 for SIGINT/Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); only internal bugs
 show a traceback.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import sys
-from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +51,7 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one config key, e.g. --set train.lr=0.001 (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path),
-              help="Run directory [default: runs/<corpus>-<time>].")
+              help="Run directory [default: runs/<corpus>-<time>-<pid>].")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="Continue RUN_DIR from its last checkpoint with its own config "
                    "(--set may raise train.max_steps).")
@@ -59,6 +59,7 @@ def cli():
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none unless stderr is a terminal).")
 def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
     """Train on CORPUS (a text file; default: the bundled corpus), or resume a run."""
+    from .runlock import default_run_dir
     from .train import resume, train as run_training
 
     # A bar redrawn with carriage returns only makes sense on a terminal; piped to a
@@ -73,7 +74,7 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
     else:
         config = load_config(config_path, list(overrides))
         corpus = corpus or bundled_corpus()
-        out = out or Path("runs") / f"{Path(corpus).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        out = out or default_run_dir(Path(corpus))
         result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
@@ -88,7 +89,7 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
               help="Below 1 is more conservative, above 1 more surprising.")
 @click.option("--top-k", type=int, help="Sample only among the k most likely characters.")
 @click.option("--prime", default="", help="Text the model reads first; it is printed too.")
-@click.option("--seed", type=int, help="Random seed; the same seed gives the same text.")
+@click.option("--seed", type=click.IntRange(min=0), help="Random seed; the same seed gives the same text.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", default=1, show_default=True, type=int,
               help="Independent samples, generated together as one batch.")
@@ -255,7 +256,11 @@ def main(argv=None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
+        # Overflow and invalid values are caught where they matter (a non-finite loss
+        # stops training in one line, checkpoints and configs refuse non-finite
+        # numbers); NumPy's own warnings would only add lines to the terminal.
+        with np.errstate(all="ignore"):
+            cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:
         one_line = str(exc).replace("\n", "\\n")  # e.g. a file name holding a newline
         click.echo(f"error: {one_line}", err=True)
@@ -275,6 +280,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # e.g. `charlstm sample ... | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # e.g. stdout is /dev/full; every file charlstm writes says its own name
+        sys.stdout = open(os.devnull, "w")  # the unwritten rest must not fail again at exit
+        click.echo(f"error: cannot write output: {exc.strerror or exc}", err=True)
+        return 1
     except (click.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
         return 130

@@ -21,6 +21,7 @@ import yaml
 
 from .errors import CharlstmError
 from .files import existing_file
+from .parsing import ParseError, load_yaml
 
 
 class ConfigError(CharlstmError):
@@ -78,7 +79,7 @@ class ModelConfig:
     hidden_size: int = _key(256, _at_least(1))
     num_layers: int = _key(2, _at_least(1))
     dropout: float = _key(0.0, _in_range(0.0, 1.0))
-    forget_bias: float = _key(1.0)
+    forget_bias: float = _key(1.0, _in_range(-100.0, 100.0, high_inclusive=True))  # sigmoid(100) is 1 already
     initial_state: str = _key("learned", _one_of("zero", "learned"))
 
 
@@ -263,12 +264,9 @@ def read_yaml(path: Path, what: str = "config file") -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}{where}: YAML syntax error ({problem})") from None
+        return load_yaml(text)
+    except ParseError as exc:
+        raise ConfigError(f"{path}{'' if str(exc).startswith('line') else ':'} {exc}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -278,9 +276,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or "." not in key or not value.strip():
         raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.001), got {text!r}")
     try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key!r}: cannot read value {value!r}") from None
+        return key, load_yaml(value)
+    except ParseError as exc:
+        raise ConfigError(f"--set {key!r}: cannot read value {value[:80]!r} ({exc})") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

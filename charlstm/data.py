@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,37 +75,67 @@ def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _decoded_chunks(path: Path, encoding: str) -> Iterator[str]:
-    """Decode the file chunk by chunk; a bad byte raises naming its file offset."""
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
+    except OSError as exc:
+        raise CharlstmError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_once(path: Path) -> tuple[list[bytes], str]:
+    """The file's bytes (in chunks) and their sha256, from one read: a file that
+    changes while it is read is then read as one consistent text, and the digest is
+    of exactly the bytes trained on."""
+    digest = hashlib.sha256()
+    chunks = []
+    for chunk in _file_chunks(path):
+        digest.update(chunk)
+        chunks.append(chunk)
+    return chunks, digest.hexdigest()
+
+
+def _decoded_chunks(path: Path, encoding: str, chunks=None) -> Iterator[str]:
+    """Decode the file (or its `chunks`, already read) chunk by chunk; a bad byte
+    raises naming its file offset."""
     decoder = codecs.getincrementaldecoder(encoding)()
     offset = 0
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(CHUNK_BYTES)
-            final = not chunk
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(chunk, final=final)
-            except UnicodeDecodeError as exc:
-                at = offset - pending + exc.start
-                raise CharlstmError(
-                    f"{path}: byte {at} is not valid {encoding} ({exc.reason}); "
-                    "fix the file or set data.encoding") from None
-            except UnicodeError as exc:  # some codecs (e.g. undefined, idna) name no byte
-                raise CharlstmError(f"{path} cannot be decoded as {encoding} ({exc}); "
-                                    "fix the file or set data.encoding") from None
-            offset += len(chunk)
-            if text:
-                yield text
-            if final:
-                return
+    source = iter(_file_chunks(path) if chunks is None else chunks)
+    while True:
+        chunk = next(source, b"")
+        final = not chunk
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(chunk, final=final)
+        except UnicodeDecodeError as exc:
+            at = offset - pending + exc.start
+            raise CharlstmError(
+                f"{path}: byte {at} is not valid {encoding} ({exc.reason}); "
+                "fix the file or set data.encoding") from None
+        except UnicodeError as exc:  # some codecs (e.g. undefined, idna) name no byte
+            raise CharlstmError(f"{path} cannot be decoded as {encoding} ({exc}); "
+                                "fix the file or set data.encoding") from None
+        offset += len(chunk)
+        if text:
+            yield text
+        if final:
+            return
 
 
 def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[Vocab, np.ndarray]:
-    """Read a text file into (vocabulary, ids). Two passes: count characters, then map."""
+    """Read a text file into (vocabulary, ids)."""
+    vocab, ids, _ = read_corpus_once(path, encoding)
+    return vocab, ids
+
+
+def read_corpus_once(path: str | Path, encoding: str = "utf-8") -> tuple[Vocab, np.ndarray, str]:
+    """(vocabulary, ids, sha256 of the bytes) from one read of the file; two passes
+    over the bytes in memory: count characters, then map."""
     path = existing_file(path, "corpus")
+    chunks, sha256 = read_once(path)
     counts = np.zeros(MAX_CODE_POINT + 1, dtype=np.int64)
-    for text in _decoded_chunks(path, encoding):
+    for text in _decoded_chunks(path, encoding, chunks):
         counts += np.bincount(_code_points(text), minlength=MAX_CODE_POINT + 1)
     total = int(counts.sum())
     if total == 0:
@@ -118,11 +149,11 @@ def read_corpus(path: str | Path, encoding: str = "utf-8") -> tuple[Vocab, np.nd
     lookup[present] = np.arange(len(present))
     ids = np.empty(total, dtype=vocab.id_dtype)
     start = 0
-    for text in _decoded_chunks(path, encoding):
+    for text in _decoded_chunks(path, encoding, chunks):
         chunk_ids = lookup[_code_points(text)]
         ids[start:start + len(chunk_ids)] = chunk_ids
         start += len(chunk_ids)
-    return vocab, ids
+    return vocab, ids, sha256
 
 
 def read_corpus_with_vocab(path: str | Path, encoding: str, vocab: Vocab) -> np.ndarray:
@@ -158,7 +189,9 @@ def min_corpus_chars(batch_size: int, seq_len: int, val_fraction: float) -> int:
         num_val = int(round(total * val_fraction))
         return total - num_val >= train_needed and num_val >= 2
 
-    total = max(train_needed, int(train_needed / (1.0 - val_fraction)) - 2)
+    # round(total * val_fraction) >= 2 needs total >= 1.5 / val_fraction: start there,
+    # so that a tiny val_fraction (1e-300) costs no loop of 1e300 steps.
+    total = max(train_needed, int(train_needed / (1.0 - val_fraction)) - 2, math.ceil(1.5 / val_fraction) - 2)
     while not enough(total):  # both parts grow by at most one per character
         total += 1
     return total
@@ -230,21 +263,27 @@ class Corpus:
     val_ids: np.ndarray
     streams: np.ndarray  # (B, chars per stream)
     windows_per_epoch: int
+    sha256: str = ""  # of the bytes read (read_once)
 
 
 def load_corpus(path: Path, config: Config) -> Corpus:
-    vocab, ids = read_corpus(path, config.data.encoding)
+    vocab, ids, sha256 = read_corpus_once(path, config.data.encoding)
     check_corpus_size(path, len(ids), config)
     train_ids, val_ids = split_train_val(ids, config.data.val_fraction)
     streams = make_streams(train_ids, config.train.batch_size)
     return Corpus(path, vocab, len(ids), train_ids, val_ids, streams,
-                  num_windows(streams, config.train.seq_len))
+                  num_windows(streams, config.train.seq_len), sha256)
 
 
 def check_corpus_size(corpus: Path, num_chars: int, config: Config) -> None:
     train_cfg = config.train
     needed = min_corpus_chars(train_cfg.batch_size, train_cfg.seq_len, config.data.val_fraction)
     if num_chars < needed:
+        for_training = min_corpus_chars(train_cfg.batch_size, train_cfg.seq_len, 0.5)
+        if needed > for_training:  # validation, not training, is what the text is too short for
+            raise CharlstmError(
+                f"corpus {corpus} has {num_chars} characters; data.val_fraction={config.data.val_fraction:g} "
+                f"needs at least {needed:.3g} for two validation characters (raise data.val_fraction)")
         raise CharlstmError(
             f"corpus {corpus} has {num_chars} characters; batch_size={train_cfg.batch_size} and "
             f"seq_len={train_cfg.seq_len} need at least {needed} (lower train.batch_size or train.seq_len)")

@@ -35,10 +35,11 @@ import safetensors.numpy
 from . import checkpoint, keras_h5
 from .api import run
 from .config import Config, config_from_dict, config_to_dict, load_config
-from .data import Vocab, file_sha256, load_corpus
+from .data import Vocab, load_corpus
 from .errors import CharlstmError
 from .export_check import probe_ids, require_close
 from .files import atomic_write, existing_file
+from .parsing import ParseError, load_json
 from .interop import (
     from_keras_weights,
     from_torch_state_dict,
@@ -73,9 +74,9 @@ def read_vocab(path: Path) -> Vocab:
     """A vocabulary file: {"chars": "..."} or a JSON list of one-character strings."""
     path = existing_file(path, "vocabulary file")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CharlstmError(f"vocabulary file {path} is not UTF-8 JSON; expected "
+        raw = load_json(path.read_bytes())
+    except (OSError, ParseError) as exc:
+        raise CharlstmError(f"vocabulary file {path} is not UTF-8 JSON ({exc}); expected "
                             '{"chars": "..."} or a list of characters') from None
     chars = raw.get("chars") if isinstance(raw, dict) else raw
     if isinstance(chars, list) and all(isinstance(c, str) and len(c) == 1 for c in chars):
@@ -188,6 +189,9 @@ def read_weights(path: Path, fmt: str) -> dict[str, np.ndarray]:
             raise ValueError
         with loaded as archive:
             return {name: archive[name] for name in archive.files}
+    except KeyError:  # safetensors.numpy has no NumPy dtype for bf16 and float8
+        raise CharlstmError(f"{path} holds arrays in a dtype NumPy has no type for (bfloat16 or float8); "
+                            "convert them to float32 first") from None
     except (safetensors.SafetensorError, ValueError, OSError, EOFError, zipfile.BadZipFile):
         kind = "safetensors" if fmt == "torch" else "Keras .weights.h5 (or .npz)"
         raise CharlstmError(f"{path} is not a readable {kind} file of named arrays") from None
@@ -239,7 +243,7 @@ def import_as_run(weights_path: Path, fmt: str, vocab_path: Path, run_dir: Path,
     prepare_run_dir(run_dir, force=False)
     write_config(run_dir, ckpt.config)
     write_run_info(run_dir, {
-        "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(Path(corpus)),
+        "corpus": str(Path(corpus).resolve()), "corpus_sha256": data.sha256,
         "vocab_size": ckpt.vocab.size, "num_params": int(ckpt.params.flat.size),
         "imported_from": str(weights_path), "status": "imported"})
     checkpoint.save(checkpoint_path(run_dir, "last"), ckpt)

@@ -6,19 +6,30 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 from .errors import CharlstmError
 
 
 def existing_file(path: str | Path, what: str) -> Path:
-    """`path` as a Path, or a CharlstmError if it does not exist or is a directory;
-    `what` names the file for the user ("corpus", "checkpoint", ...)."""
+    """`path` as a Path, or a CharlstmError if it does not exist, is a directory or is
+    not a regular file; `what` names the file for the user ("corpus", "checkpoint", ...).
+
+    A FIFO with no writer blocks a reader forever and /dev/zero never ends, and every
+    reader here may need the file twice or its size: only regular files are read."""
     path = Path(path)
-    if not path.exists():
-        raise CharlstmError(f"{what} {path} does not exist")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise CharlstmError(f"{what} {path} does not exist") from None
+        raise CharlstmError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
         raise CharlstmError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise CharlstmError(f"{what} {path} is not a regular file (a pipe, socket or device); "
+                            "save its contents to a file and pass that")
     return path
 
 

@@ -39,13 +39,42 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
     """Create the run directory; refuse to overwrite an earlier run unless forced."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CharlstmError(f"--out {run_dir} is a file, not a directory")
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    existing = check_run_files(run_dir)
     if existing and not force:
         raise CharlstmError(f"{run_dir} already holds a run ({existing[0]}); "
                             "choose another --out or pass --force to overwrite it")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     for name in existing:
-        (run_dir / name).unlink()
+        try:
+            (run_dir / name).unlink()
+        except OSError as exc:
+            raise CharlstmError(f"cannot remove {run_dir / name}: {exc.strerror or exc}") from None
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """mkdir -p, with every OS refusal (a file in the way, no permission, a read-only
+    or pseudo file system) as one line naming the directory."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharlstmError(f"--out {run_dir} is a file, not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CharlstmError(f"cannot create run directory {run_dir}: {exc.strerror or exc}; "
+                            "choose another --out") from None
+
+
+def check_run_files(run_dir: Path) -> list[str]:
+    """The run files present in `run_dir`; a CharlstmError if one is not a regular file
+    (a directory named metrics.jsonl cannot be removed, appended to or replaced), so
+    that the command is refused before it changes anything."""
+    existing = []
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.exists():
+            if not path.is_file():
+                raise CharlstmError(f"{path} is not a regular file; move it away or choose another run directory")
+            existing.append(name)
+    return existing
 
 
 def remove_stale_temporary_files(run_dir: Path) -> None:
@@ -104,11 +133,17 @@ class MetricsLog:
         self.file = open(run_dir / METRICS, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self.file.write(strict_json(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(strict_json(record) + "\n")
+            self.file.flush()
+        except OSError as exc:  # e.g. the disk filled up: train's handler records the run as failed
+            raise CharlstmError(f"could not write {self.file.name}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a write already failed and was reported
 
 
 METRIC_FIELDS = ("epoch", "train_loss", "lr", "grad_norm", "chars_per_s", "elapsed_s", "val_loss", "val_bpc")

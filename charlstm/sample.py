@@ -12,6 +12,9 @@ from . import kernels
 from .model import Params, initial_state, prepare_layers, run_layers
 
 
+MIN_TEMPERATURE = 1e-6
+
+
 def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
     """Softmax of logits / temperature over each row, keeping only the top_k largest."""
     scaled = logits.astype(np.float64) / temperature
@@ -37,9 +40,10 @@ def check_sampling_args(vocab: Vocab, length: int, temperature: float, top_k: in
         raise CharlstmError(f"--length must be 0 or more, got {length}")
     if num_samples < 1:
         raise CharlstmError(f"--num-samples must be 1 or more, got {num_samples}")
-    if not temperature > 0:
-        raise CharlstmError(f"--temperature must be greater than 0, got {temperature}; "
-                            "use --argmax for greedy decoding")
+    # Below MIN_TEMPERATURE, logits / temperature overflows to infinity: argmax is what it means.
+    if not MIN_TEMPERATURE <= temperature <= 1 / MIN_TEMPERATURE:
+        raise CharlstmError(f"--temperature must be between {MIN_TEMPERATURE:g} and {1 / MIN_TEMPERATURE:g}, "
+                            f"got {temperature}; use --argmax for greedy decoding")
     if top_k is not None and not 1 <= top_k <= vocab.size:
         raise CharlstmError(f"--top-k must be between 1 and the vocabulary size {vocab.size}, got {top_k}")
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from .config import Config, config_to_dict, flatten, load_config, read_yaml
 from .errors import CharlstmError
 from .files import existing_file
-from .rundir import read_config, read_run_info
+from .rundir import make_run_dir, read_config, read_run_info
 from .sweep_table import markdown_table, table_rows, write_tables
 
 SWEEP_KEYS = ("base", "corpus", "out", "set", "grid", "runs")
@@ -257,7 +257,10 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
         sweep = dataclasses.replace(sweep, out=Path(out))
     planned = plan(sweep)
     existing_file(sweep.corpus, f"{sweep.source}: corpus")
-    sweep.out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_run_dir(sweep.out)
+    except CharlstmError as exc:
+        raise CharlstmError(f"{sweep.source}: sweep directory: {exc}") from None
     env = blas_env(jobs)
     started = time.perf_counter()
     threads = env["OPENBLAS_NUM_THREADS"]

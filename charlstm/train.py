@@ -8,6 +8,7 @@ ends bitwise as if it had never stopped.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import signal
 import sys
@@ -21,14 +22,15 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .config import Config, check_resumable
-from .data import Corpus, file_sha256, get_window, load_corpus, num_windows
+from .data import Corpus, get_window, load_corpus, num_windows
 from .errors import CharlstmError
 from .evaluate import evaluate
 from .files import existing_file
 from .model import Params, backward, forward, reset_streams
 from .optim import clip_global_norm, learning_rate
-from .rundir import (MetricsLog, checkpoint_path, prepare_run_dir, read_config, read_run_info,
+from .rundir import (MetricsLog, check_run_files, checkpoint_path, prepare_run_dir, read_config, read_run_info,
                      remove_stale_temporary_files, truncate_metrics, write_config, write_run_info)
+from .runlock import RunLock
 from .sample import generate
 from .signals import STOP_EXIT_CODES, StopNow, StopSignals
 from .state import LogWindow, TrainingState
@@ -39,7 +41,7 @@ class TrainingDiverged(CharlstmError):
 
 
 class TrainingInterrupted(CharlstmError):
-    """SIGINT or SIGTERM: the run stopped between steps (or at once, on a second signal)."""
+    """SIGINT, SIGTERM or SIGHUP: the run stopped between steps (or at once, on a second signal)."""
 
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
@@ -105,24 +107,35 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
     """
     data = load_corpus(corpus, config)
     ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
-    prepare_run_dir(run_dir, force)
-    write_config(run_dir, config)
-    run_info = {
-        "corpus": str(Path(corpus).resolve()), "corpus_sha256": file_sha256(corpus),
-        "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),
-        "val_chars": int(len(data.val_ids)), "vocab_size": data.vocab.size,
-        "num_params": int(ts.params.flat.size), "windows_per_epoch": data.windows_per_epoch,
-        "charlstm_version": __version__, "numpy_version": np.__version__,
-        "python_version": platform.python_version(), "command": sys.argv, "resumes": [],
-    }
-    echo(f"corpus {corpus}: {data.num_chars:,} chars, vocabulary {data.vocab.size}; model "
-         f"{config.model.num_layers}x{config.model.hidden_size}, {ts.params.flat.size:,} parameters; "
-         f"{data.windows_per_epoch} windows per epoch; run directory {run_dir}")
-    return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
+    with RunLock(run_dir, create=True):  # one process per run directory (runlock.py)
+        prepare_run_dir(run_dir, force)
+        write_config(run_dir, config)
+        run_info = {
+            "corpus": str(Path(corpus).resolve()), "corpus_sha256": data.sha256,
+            "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),
+            "val_chars": int(len(data.val_ids)), "vocab_size": data.vocab.size,
+            "num_params": int(ts.params.flat.size), "windows_per_epoch": data.windows_per_epoch,
+            "charlstm_version": __version__, "numpy_version": np.__version__,
+            "python_version": platform.python_version(), "command": sys.argv, "resumes": [],
+        }
+        echo(f"corpus {corpus}: {data.num_chars:,} chars, vocabulary {data.vocab.size}; model "
+             f"{config.model.num_layers}x{config.model.hidden_size}, {ts.params.flat.size:,} parameters; "
+             f"{data.windows_per_epoch} windows per epoch; run directory {run_dir}")
+        return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
 
 
 def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
            show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
+    """`_resume` while holding the run directory's lock (runlock.py): everything it reads
+    is read after the lock is held, so no other process changes it meanwhile."""
+    if not Path(run_dir).is_dir():
+        raise CharlstmError(f"--resume {run_dir}: no such run directory")
+    with RunLock(run_dir):
+        return _resume(run_dir, overrides, corpus, show_progress=show_progress, echo=echo)
+
+
+def _resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
+            show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
     """Continue the run in `run_dir` from its `last` checkpoint with its own config.
 
     Only config.RESUMABLE_KEYS may be overridden. The result is bitwise the same as an
@@ -150,15 +163,16 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
         existing_file(corpus, "the run's corpus")
     except CharlstmError as exc:
         raise CharlstmError(f"{exc}; pass the same text: charlstm train CORPUS --resume {run_dir}") from None
+    data = load_corpus(corpus, config)  # one read: the sha256 is of the very bytes trained on
     recorded = run_info.get("corpus_sha256")  # absent in runs made before resume existed
-    if recorded and file_sha256(corpus) != recorded:
+    if recorded and data.sha256 != recorded:
         raise CharlstmError(f"{corpus} is not the text {run_dir} was trained on (its sha256 differs); "
                             "resume with the original file, or start a new run")
-    data = load_corpus(corpus, config)
     if ckpt is not None and ckpt.vocab != data.vocab:
         raise CharlstmError(f"the vocabulary of {corpus} differs from the checkpoint's; it cannot continue")
     ts = TrainingState.fresh(config, data.vocab.size) if ckpt is None else TrainingState.from_checkpoint(ckpt, config)
 
+    check_run_files(run_dir)
     remove_stale_temporary_files(run_dir)
     write_config(run_dir, config)
     truncate_metrics(run_dir, ts.step)
@@ -206,6 +220,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
 
     for outcome in ("error", "final_val_loss"):  # of an earlier attempt at this run
         run_info.pop(outcome, None)
+    run_info["pid"] = os.getpid()  # who holds the run's lock (runlock.holder)
     finish("running")
     log = MetricsLog(run_dir)
     chars_per_step = train_cfg.batch_size * train_cfg.seq_len
@@ -230,9 +245,11 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 bar.update(1)
 
                 evaluation = {}
-                if due(train_cfg.eval_every):
-                    val_loss = evaluate(ts.params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len,
-                                        train_cfg.eval_warmup).loss
+                evaluated = stop.abandonable(evaluate, ts.params, data.val_ids, train_cfg.eval_streams,
+                                             train_cfg.seq_len, train_cfg.eval_warmup) \
+                    if due(train_cfg.eval_every) else None  # None: a stop signal came first
+                if evaluated is not None:
+                    val_loss = evaluated.loss
                     improved = val_loss < ts.best_val_loss
                     ts.best_val_loss = min(ts.best_val_loss, val_loss)
                     evaluation = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
@@ -256,7 +273,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 if due(train_cfg.checkpoint_every) or stop.received:
                     save("last")
                     saved_step = ts.step
-                if stop.received:
+                if stop.received and ts.step < train_cfg.max_steps:  # at the end: complete, not interrupted
                     finish("interrupted")
                     raise TrainingInterrupted(
                         f"stopped by {signal.Signals(stop.received).name} at step {ts.step}; saved "

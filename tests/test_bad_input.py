@@ -3,6 +3,8 @@
 there before, the good run included, byte for byte unchanged."""
 
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,21 +200,42 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def assert_refused(args: list[str], root: Path, capsys, seconds: float = 5.0) -> str:
+    """Run `charlstm args` in-process and check the promise every bad input gets: a
+    non-zero exit, exactly one `error:` line, no traceback, done within `seconds`
+    (a hang is cut off by SIGALRM), and every file under `root` byte for byte as it
+    was. Returns the error line."""
+    before = snapshot(root)
+    capsys.readouterr()
+
+    def hung(signum, frame):
+        raise AssertionError(f"charlstm {' '.join(args)} still running after {2 * seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(int(2 * seconds) + 1)
+    started = time.perf_counter()
+    try:
+        status = main(args)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    took = time.perf_counter() - started
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status != 0, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert took < seconds, f"took {took:.1f} s"
+    assert snapshot(root) == before
+    return lines[0]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_fails_in_one_line_and_overwrites_nothing(case, good_run, tmp_path, monkeypatch, capsys):
     workspace = tmp_path / "ws"
     shutil.copytree(good_run, workspace)
     monkeypatch.chdir(workspace)
     make_args, fragment = CASES[case]
-    args = make_args()
-    before = snapshot(workspace)
-    capsys.readouterr()
-
-    assert main(args) != 0
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0]
-    assert "Traceback" not in err
-    assert snapshot(workspace) == before
+    line = assert_refused(make_args(), workspace, capsys, seconds=30)
+    assert fragment in line
     assert not (workspace / "unpickled").exists()
