@@ -25,7 +25,7 @@ from charlstm.config import Config, config_to_dict
 from charlstm.model import param_shapes
 from charlstm.state import RNG_NAMES
 from charlstm.parsing import MAX_DEPTH
-from conftest import write_tiny_corpus
+from helpers import write_tiny_corpus
 from test_bad_input import TINY, assert_refused
 
 DEEP = 5000  # far past Python's recursion limit
@@ -276,7 +276,7 @@ def test_hostile_yaml_everywhere(case, workspace, capsys):
     else:
         value = text if isinstance(text, str) else text.decode("latin-1")
     if case not in ("tab indentation", "list document"):  # these are plain strings as a value
-        assert_refused(["train", "tiny.txt", "--out", "new", "--set", f"train.lr={value}", *TINY], workspace, capsys)
+        assert_refused(["train", "tiny.txt", "--out", "new", *TINY, "--set", f"train.lr={value}"], workspace, capsys)
 
 
 SWEEPS = {
