@@ -329,7 +329,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
             log.close()
 
     finish("finished", final_val_loss=val_loss)
-    return TrainResult(ts.step, ts.best_val_loss, val_loss, run_info["wall_time_s"], run_dir)
+    wall_time_s = run_info.get("wall_time_s", time.perf_counter() - clock)  # recorded by rank 0 only
+    return TrainResult(ts.step, ts.best_val_loss, val_loss, wall_time_s, run_dir)
 
 
 def kept_checkpoint(path: Path | None) -> str:
