@@ -192,7 +192,7 @@ def test_sigterm_to_mpiexec_saves_once_and_the_printed_command_resumes(workdir):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "resume with: charlstm train --resume run" in lines[0]
     stopped_at = checkpoint.load(workdir / "run" / "last.safetensors").progress["step"]
-    assert stopped_at >= 50
+    assert stopped_at >= 10  # the first metrics record came at step 10
     resumed = subprocess.run([sys.executable, "-m", "charlstm.cli", "train", "--resume", "run", "--quiet",
                               "--set", f"train.max_steps={stopped_at + 5}"],
                              cwd=workdir, capture_output=True, text=True, timeout=60)
