@@ -11,6 +11,7 @@ import io
 import math
 import os
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .config import load_config
 from .data import read_corpus_with_vocab
 from .errors import CharlstmError
 from .files import strict_json
+from .parallel import communicator, started
 from .rundir import checkpoint_path
 
 BUNDLED_CORPUS = "corpus.txt"
@@ -72,10 +74,13 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
         out = resume_dir
         result = resume(resume_dir, list(overrides), corpus, show_progress=show_progress)
     else:
-        config = load_config(config_path, list(overrides))
+        with communicator().together():  # under mpiexec: one line for a config every rank refuses
+            config = load_config(config_path, list(overrides))
         corpus = corpus or bundled_corpus()
         out = out or default_run_dir(Path(corpus))
         result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
+    if not communicator().is_root:
+        return  # under mpiexec rank 0 alone prints
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
     click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
@@ -250,7 +255,48 @@ def sweep(sweep_file, jobs, out):
 
 
 def main(argv=None) -> int:
-    """Console entry point: turns every expected failure into one line on stderr."""
+    """Console entry point: turns every expected failure into one line on stderr.
+
+    Under mpiexec, an error every rank raised alike is printed by rank 0 alone; an
+    error on one rank (or a bug) is printed by that rank, which then ends at once:
+    the job ends with it instead of the other ranks waiting for it forever."""
+    try:
+        return _main(argv)
+    except BaseException:
+        if not _one_of_many_ranks():
+            raise
+        traceback.print_exc()  # a bug stays loud, and ends the job
+        _end_the_job(1)
+
+
+def _one_of_many_ranks() -> bool:
+    comm = started()
+    return comm is not None and comm.size > 1
+
+
+def _end_the_job(exit_code: int):
+    """Leave at once without MPI's orderly goodbye: mpiexec then ends the other ranks,
+    which may be waiting for this one in a collective."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+def report_error(exc: CharlstmError) -> int:
+    """Print `exc` as one line; under mpiexec, once for the job (see `main`)."""
+    many = _one_of_many_ranks()
+    rank = started().rank if many else 0
+    if many and exc.on_every_rank and rank != 0:
+        return exc.exit_code  # rank 0 says it
+    one_line = str(exc).replace("\n", "\\n")  # e.g. a file name holding a newline
+    named = f"rank {rank}: " if rank != 0 and not exc.on_every_rank else ""
+    click.echo(f"error: {named}{one_line}", err=True)
+    if many and not exc.on_every_rank:
+        _end_the_job(exc.exit_code)
+    return exc.exit_code
+
+
+def _main(argv=None) -> int:
     # Text decoded with e.g. unicode_escape may hold lone surrogates, which no output
     # encoding can write: print them as \udXXX escapes instead of failing midway.
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -262,9 +308,7 @@ def main(argv=None) -> int:
         with np.errstate(all="ignore"):
             cli.main(args=argv, prog_name="charlstm", standalone_mode=False)
     except CharlstmError as exc:
-        one_line = str(exc).replace("\n", "\\n")  # e.g. a file name holding a newline
-        click.echo(f"error: {one_line}", err=True)
-        return exc.exit_code
+        return report_error(exc)
     except (MemoryError, ValueError) as exc:
         if isinstance(exc, ValueError) and not str(exc).startswith(NUMPY_SIZE_ERRORS):
             raise  # any other ValueError is a bug

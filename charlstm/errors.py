@@ -10,3 +10,6 @@ class CharlstmError(Exception):
     """A user-facing failure: the message says what is wrong and what to do."""
 
     exit_code = 1
+    # Under MPI: raised alike on every rank (so rank 0 alone reports it), not on one
+    # rank while the others wait for it (see parallel.py).
+    on_every_rank = False

@@ -190,21 +190,28 @@ class ModelCache:
     count: float
 
 
-def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, rate: float, dtype) -> np.ndarray:
+def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, rate: float, dtype,
+                  shard: tuple[int, int] | None = None) -> np.ndarray:
     """Feature-major (T, H, B) mask. The random numbers are drawn in (T, B, H) order, as
-    before the layers went feature-major, so a seed gives the same masks as it did."""
-    keep = rng.random((time, batch, hidden), dtype=np.float32) >= rate
+    before the layers went feature-major, so a seed gives the same masks as it did.
+    shard (first, total): these B streams are streams [first, first + B) of `total`;
+    the masks of all `total` are drawn and these kept, so that a stream's mask does
+    not depend on how the streams are split over processes (see parallel.py)."""
+    first, total = shard or (0, batch)
+    keep = rng.random((time, total, hidden), dtype=np.float32)[:, first:first + batch] >= rate
     mask = np.empty((time, hidden, batch), dtype=dtype)
     np.multiply(keep.transpose(0, 2, 1), dtype.type(1.0 / (1.0 - rate)), out=mask)
     return mask
 
 
 def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout: float = 0.0,
-               rng: np.random.Generator | None = None, buffers: ModelBuffers | None = None):
+               rng: np.random.Generator | None = None, buffers: ModelBuffers | None = None,
+               shard: tuple[int, int] | None = None):
     """Run the LSTM stack over ids `inputs` (T, B) from state (h, c), each (L, B, H).
 
     Returns (top outputs feature-major (T, H, B) after dropout, the final state (h, c)
-    each (L, B, H), the layer caches, the dropout masks). dropout > 0 needs `rng`.
+    each (L, B, H), the layer caches, the dropout masks). dropout > 0 needs `rng`;
+    shard as in `_dropout_mask`.
     """
     h0, c0 = (a.transpose(0, 2, 1) for a in state)  # (L, H, B) views
     num_layers, hidden = len(prepared), prepared[0].hidden_size
@@ -219,7 +226,7 @@ def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout
         layer_caches.append(cache)
         final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
         x = cache.h[1:]
-        keep = _dropout_mask(rng, x.shape[0], hidden, x.shape[2], dropout, x.dtype) if dropout > 0.0 else None
+        keep = _dropout_mask(rng, x.shape[0], hidden, x.shape[2], dropout, x.dtype, shard) if dropout > 0.0 else None
         if keep is not None:
             x = x * keep
         dropout_masks.append(keep)
@@ -230,18 +237,20 @@ def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout
 
 def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
             dropout: float = 0.0, rng: np.random.Generator | None = None,
-            mask: np.ndarray | None = None, buffers: ModelBuffers | None = None):
+            mask: np.ndarray | None = None, buffers: ModelBuffers | None = None,
+            shard: tuple[int, int] | None = None):
     """Mean cross-entropy (nats/char) of predicting `targets` from `inputs`.
 
     inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 needs
     `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
     buffers: optional ModelBuffers reused from step to step (the cache then lives in
-    them until the next call with the same buffers).
+    them until the next call with the same buffers). shard: (first, total) when these
+    streams are some of the training streams (see `_dropout_mask`).
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
     prepared = prepare_layers(params)
-    top, final_state, layer_caches, dropout_masks = run_layers(prepared, inputs, state, dropout, rng, buffers)
+    top, final_state, layer_caches, dropout_masks = run_layers(prepared, inputs, state, dropout, rng, buffers, shard)
     # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
     head_input = columns(top)
     logits = np.ascontiguousarray((np.ascontiguousarray(params["head.W_y"].T) @ head_input).T)

@@ -7,6 +7,7 @@ ends bitwise as if it had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -28,6 +29,7 @@ from .evaluate import evaluate
 from .files import existing_file
 from .model import Params, backward, forward, reset_streams
 from .optim import clip_global_norm, learning_rate
+from .parallel import SingleProcess, communicator
 from .rundir import (MetricsLog, check_run_files, checkpoint_path, prepare_run_dir, read_config, read_run_info,
                      remove_stale_temporary_files, truncate_metrics, write_config, write_run_info)
 from .runlock import RunLock
@@ -39,6 +41,8 @@ from .state import LogWindow, TrainingState
 class TrainingDiverged(CharlstmError):
     """The loss or gradient stopped being a finite number."""
 
+    on_every_rank = True  # the reduced loss and gradient are the same on every MPI rank
+
 
 class TrainingInterrupted(CharlstmError):
     """SIGINT, SIGTERM or SIGHUP: the run stopped between steps (or at once, on a second signal)."""
@@ -46,6 +50,8 @@ class TrainingInterrupted(CharlstmError):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+    on_every_rank = True  # the ranks agree on when to stop (see parallel.sum_gradient)
 
 
 @dataclass
@@ -58,19 +64,27 @@ class TrainResult:
 
 
 def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Config,
-               decay_views: list[np.ndarray]) -> tuple[float, float, float]:
+               decay_views: list[np.ndarray], comm: SingleProcess = SingleProcess()) -> tuple[float, float, float]:
     """One window of truncated BPTT: forward, backward, clip, Adam. Returns
-    (loss, gradient norm before clipping, learning rate). Raises TrainingDiverged,
-    before touching the weights, if the loss or gradient is not finite."""
+    (loss, gradient norm before clipping, learning rate). Raises TrainingDiverged, before touching the weights, if the loss or
+    gradient is not finite.
+
+    Under MPI this rank computes only its own streams (`comm.shard`); the random
+    draws (resets, dropout masks) are made for all B streams on every rank, so a
+    stream's draws do not depend on the number of ranks."""
     train_cfg = config.train
     windows_per_epoch = num_windows(streams, train_cfg.seq_len)
     window = ts.step % windows_per_epoch
+    mine = comm.shard(streams.shape[0])
     started = streams_to_reset(ts, train_cfg.state_reset, window == 0)
     reset_streams(ts.carried, ts.params, started)
-    inputs, targets = get_window(streams, window, train_cfg.seq_len)
-    loss, next_state, cache = forward(ts.params, inputs, targets, ts.carried,
-                                      config.model.dropout, ts.rngs["dropout"], buffers=ts.buffers)
-    backward(ts.params, cache, grads, buffers=ts.buffers, started=started)
+    inputs, targets = get_window(streams[mine], window, train_cfg.seq_len)
+    state = tuple(full[:, mine] for full in ts.carried)
+    loss, next_state, cache = forward(ts.params, inputs, targets, state, config.model.dropout,
+                                      ts.rngs["dropout"], buffers=ts.buffers,
+                                      shard=(mine.start, streams.shape[0]))
+    backward(ts.params, cache, grads, buffers=ts.buffers, started=started[mine])
+    loss = comm.sum_gradient(grads.flat, loss)
     grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "
@@ -78,7 +92,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
     lr = learning_rate(ts.step, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
                        ts.schedule_steps, train_cfg.final_lr_fraction)
     ts.optimizer.step(ts.params.flat, grads.flat, lr, decay_views)
-    ts.carried = next_state  # fresh arrays: no gradient path back into this window
+    for full, new in zip(ts.carried, next_state):  # no gradient path back into this window
+        full[:, mine] = new
     ts.step += 1
     return loss, grad_norm, lr
 
@@ -97,19 +112,29 @@ def streams_to_reset(ts: TrainingState, probability: float, epoch_start: bool) -
 
 
 def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
-          show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
-    """Train from scratch on `corpus`, writing everything to `run_dir`.
+          show_progress: bool = True, echo: Callable[[str], None] = tqdm.write,
+          comm: SingleProcess | None = None) -> TrainResult:
+    """Train from scratch on `corpus`, writing everything to `run_dir` (under MPI,
+    every rank reads the corpus and rank 0 writes).
 
     metrics.jsonl gets a record every `log_every` steps and at every evaluation:
     step, epoch, train_loss, lr, grad_norm (before clipping), chars_per_s (training
     steps only), elapsed_s (training time, summed over resumes), and on evaluations
     val_loss (nats/char) and val_bpc.
     """
-    data = load_corpus(corpus, config)
-    ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
-    with RunLock(run_dir, create=True):  # one process per run directory (runlock.py)
-        prepare_run_dir(run_dir, force)
-        write_config(run_dir, config)
+    comm = comm or communicator()
+    with contextlib.ExitStack() as held:
+        with comm.together():  # a corpus missing on one host stops every rank
+            comm.shard(config.train.batch_size)
+            data = load_corpus(corpus, config)
+            ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
+        with comm.together():
+            if comm.is_root:  # rank 0 alone writes, so it alone holds the lock (runlock.py)
+                held.enter_context(RunLock(run_dir, create=True))
+                prepare_run_dir(run_dir, force)
+                write_config(run_dir, config)
+        if not comm.is_root:
+            echo = lambda line: None  # noqa: E731
         run_info = {
             "corpus": str(Path(corpus).resolve()), "corpus_sha256": data.sha256,
             "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),
@@ -121,37 +146,58 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
         echo(f"corpus {corpus}: {data.num_chars:,} chars, vocabulary {data.vocab.size}; model "
              f"{config.model.num_layers}x{config.model.hidden_size}, {ts.params.flat.size:,} parameters; "
              f"{data.windows_per_epoch} windows per epoch; run directory {run_dir}")
-        return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
+        return run_training(config, data, ts, run_dir, run_info, show_progress, echo, comm)
 
 
 def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
-           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
-    """`_resume` while holding the run directory's lock (runlock.py): everything it reads
-    is read after the lock is held, so no other process changes it meanwhile."""
-    if not Path(run_dir).is_dir():
-        raise CharlstmError(f"--resume {run_dir}: no such run directory")
-    with RunLock(run_dir):
-        return _resume(run_dir, overrides, corpus, show_progress=show_progress, echo=echo)
-
-
-def _resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
-            show_progress: bool = True, echo: Callable[[str], None] = tqdm.write) -> TrainResult:
+           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write,
+           comm: SingleProcess | None = None) -> TrainResult:
     """Continue the run in `run_dir` from its `last` checkpoint with its own config.
 
     Only config.RESUMABLE_KEYS may be overridden. The result is bitwise the same as an
     uninterrupted run: the checkpoint holds the weights, Adam's moments and step, the
     carried state, every random generator and the step (which fixes the data cursor
     and the learning rate). A run killed before its first checkpoint starts over.
+    The checkpoint does not depend on the number of MPI ranks: any number resumes it.
     """
     run_dir = Path(run_dir)
-    # Everything is read and checked, down to the training state, before anything in
-    # the run directory changes: a resume that fails leaves the run as it was.
+    comm = comm or communicator()
+    with contextlib.ExitStack() as held:
+        with comm.together():
+            if not run_dir.is_dir():
+                raise CharlstmError(f"--resume {run_dir}: no such run directory")
+            if comm.is_root:  # rank 0 alone writes; everything is read after the lock is held
+                held.enter_context(RunLock(run_dir))
+            data, ts, run_info, ckpt, last_path, config = _read_resumable(run_dir, overrides, corpus, comm)
+        with comm.together():
+            if comm.is_root:
+                check_run_files(run_dir)
+                remove_stale_temporary_files(run_dir)
+                write_config(run_dir, config)
+                truncate_metrics(run_dir, ts.step)
+        if not comm.is_root:
+            echo = lambda line: None  # noqa: E731
+        if ckpt is None:
+            echo(f"no checkpoint in {run_dir} yet; starting it again from step 0")
+        else:
+            echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
+        run_info["corpus"] = str(data.path.resolve())  # it may have moved: the next resume looks here
+        earlier = run_info.get("resumes")
+        run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []),
+                               {"from_step": ts.step, "command": sys.argv}]
+        return run_training(config, data, ts, run_dir, run_info, show_progress, echo, comm)
+
+
+def _read_resumable(run_dir: Path, overrides: Sequence[str], corpus: Path | None, comm: SingleProcess):
+    """Everything a resume needs, read and checked down to the training state before
+    anything in the run directory changes: a resume that fails leaves the run as it was."""
     run_info = read_run_info(run_dir)
     last_path = checkpoint_path(run_dir, "last")
     ckpt = checkpoint.load(last_path) if last_path.exists() else None
     saved_config = read_config(run_dir)
     config = read_config(run_dir, overrides)
     check_resumable(saved_config if ckpt is None else ckpt.config, config, run_dir)
+    comm.shard(config.train.batch_size)
     step = ckpt.progress.get("step", 0) if ckpt else 0
     if config.train.max_steps < step or (config.train.max_steps == step and run_info.get("status") == "finished"):
         raise CharlstmError(
@@ -171,25 +217,18 @@ def _resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = 
     if ckpt is not None and ckpt.vocab != data.vocab:
         raise CharlstmError(f"the vocabulary of {corpus} differs from the checkpoint's; it cannot continue")
     ts = TrainingState.fresh(config, data.vocab.size) if ckpt is None else TrainingState.from_checkpoint(ckpt, config)
-
-    check_run_files(run_dir)
-    remove_stale_temporary_files(run_dir)
-    write_config(run_dir, config)
-    truncate_metrics(run_dir, ts.step)
-    if ckpt is None:
-        echo(f"no checkpoint in {run_dir} yet; starting it again from step 0")
-    else:
-        echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
-    run_info["corpus"] = str(corpus.resolve())  # it may have moved: the next resume looks here
-    earlier = run_info.get("resumes")
-    run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []), {"from_step": ts.step, "command": sys.argv}]
-    return run_training(config, data, ts, run_dir, run_info, show_progress, echo)
+    return data, ts, run_info, ckpt, last_path, config
 
 
 def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path, run_info: dict,
-                 show_progress: bool, echo: Callable[[str], None]) -> TrainResult:
-    """The loop shared by a fresh run and a resumed one, from `ts.step` to max_steps."""
+                 show_progress: bool, echo: Callable[[str], None],
+                 comm: SingleProcess = SingleProcess()) -> TrainResult:
+    """The loop shared by a fresh run and a resumed one, from `ts.step` to max_steps.
+    Under MPI every rank runs it; rank 0 alone writes files and prints."""
     train_cfg = config.train
+    mine = comm.shard(train_cfg.batch_size)
+    if not comm.is_root:
+        show_progress, echo = False, lambda line: None
     grads = ts.params.zeros_like()
     decay_views = [ts.params[n] for n in ts.params.names() if ".W_" in n]  # not the biases
     last_path = checkpoint_path(run_dir, "last")
@@ -201,6 +240,9 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
     def save(name: str) -> Path:
         ts.elapsed_s = time.perf_counter() - clock
         path = checkpoint_path(run_dir, name)
+        comm.gather_streams(ts.carried, mine)  # a checkpoint holds every stream, whatever N
+        if not comm.is_root:
+            return path
         try:
             checkpoint.save(path, ts.to_checkpoint(config, data.vocab, data.windows_per_epoch))
         except CharlstmError as exc:  # e.g. disk full: say how to go on once it is fixed
@@ -211,6 +253,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         return ts.step % every == 0 or ts.step == train_cfg.max_steps
 
     def finish(status: str, **fields) -> None:
+        if not comm.is_root:
+            return
         run_info.update(status=status, steps=ts.step, best_val_loss=ts.best_val_loss,
                         wall_time_s=time.perf_counter() - clock, **fields)
         try:
@@ -222,7 +266,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         run_info.pop(outcome, None)
     run_info["pid"] = os.getpid()  # who holds the run's lock (runlock.holder)
     finish("running")
-    log = MetricsLog(run_dir)
+    log = MetricsLog(run_dir) if comm.is_root else None
     chars_per_step = train_cfg.batch_size * train_cfg.seq_len
     smoothed_loss: float | None = None  # for the progress bar and the evaluation line
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
@@ -232,7 +276,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
             while ts.step < train_cfg.max_steps:
                 step_started = time.perf_counter()
                 try:
-                    loss, grad_norm, lr = train_step(ts, grads, data.streams, config, decay_views)
+                    loss, grad_norm, lr = train_step(ts, grads, data.streams, config, decay_views, comm)
                 except TrainingDiverged as exc:
                     finish("diverged")
                     raise TrainingDiverged(
@@ -245,10 +289,17 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 bar.update(1)
 
                 evaluation = {}
-                evaluated = stop.abandonable(evaluate, ts.params, data.val_ids, train_cfg.eval_streams,
-                                             train_cfg.seq_len, train_cfg.eval_warmup) \
-                    if due(train_cfg.eval_every) else None  # None: a stop signal came first
-                if evaluated is not None:
+                evaluated = None
+                if due(train_cfg.eval_every):
+                    comm.check_same_weights(ts.params.flat, ts.step)
+                    evaluation_args = (ts.params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len,
+                                       train_cfg.eval_warmup, comm)
+                    # Alone, a stop signal abandons an evaluation (it changes nothing). Under
+                    # MPI the ranks finish it together: one that left would leave the
+                    # others waiting in a collective.
+                    evaluated = stop.abandonable(evaluate, *evaluation_args) if comm.size == 1 \
+                        else evaluate(*evaluation_args)
+                if evaluated is not None:  # None: a stop signal came first
                     val_loss = evaluated.loss
                     improved = val_loss < ts.best_val_loss
                     ts.best_val_loss = min(ts.best_val_loss, val_loss)
@@ -257,27 +308,32 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                          f"bits/char){' (best)' if improved else ''}, train {smoothed_loss:.4f}")
                     if improved:
                         save("best")
-                if due(train_cfg.log_every) or evaluation:
+                if (due(train_cfg.log_every) or evaluation) and log is not None:
                     log.write({"step": ts.step, "train_loss": ts.since_log.mean_loss(),
                                "chars_per_s": ts.since_log.chars_per_s(chars_per_step),
                                "elapsed_s": time.perf_counter() - clock,
                                "epoch": ts.step / data.windows_per_epoch, "lr": lr, "grad_norm": grad_norm,
                                **evaluation})
                     ts.since_log = LogWindow()
-                if train_cfg.sample_length and due(train_cfg.sample_every):
+                if train_cfg.sample_length and due(train_cfg.sample_every) and comm.is_root:
                     text = "".join(generate(ts.params, data.vocab, train_cfg.sample_length,
                                             temperature=0.8, rng=ts.rngs["sample"]))
                     echo(f"---- sample at step {ts.step} ----\n{text}\n----")
+                # The ranks stop after the same step: mpiexec forwards a signal to
+                # each, and they need not get it during the same step.
+                stopping = comm.any(stop.received is not None)
                 # Saved last, so the checkpoint holds everything this step did, the
                 # sampling generator included.
-                if due(train_cfg.checkpoint_every) or stop.received:
+                if due(train_cfg.checkpoint_every) or stopping:
                     save("last")
                     saved_step = ts.step
-                if stop.received and ts.step < train_cfg.max_steps:  # at the end: complete, not interrupted
+                if stopping and ts.step < train_cfg.max_steps:  # at the end: complete, not interrupted
                     finish("interrupted")
+                    # Another rank may have been signalled first (mpiexec forwards the signal).
+                    signum = stop.received or signal.SIGTERM
                     raise TrainingInterrupted(
-                        f"stopped by {signal.Signals(stop.received).name} at step {ts.step}; saved "
-                        f"{last_path}; {resume_hint}", STOP_EXIT_CODES[stop.received])
+                        f"stopped by {signal.Signals(signum).name} at step {ts.step}; saved "
+                        f"{last_path}; {resume_hint}", STOP_EXIT_CODES[signum])
     except StopNow as now:
         finish("interrupted")
         raise TrainingInterrupted(
@@ -290,10 +346,12 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         raise
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
 
     finish("finished", final_val_loss=val_loss)
-    return TrainResult(ts.step, ts.best_val_loss, val_loss, run_info["wall_time_s"], run_dir)
+    wall_time_s = run_info.get("wall_time_s", time.perf_counter() - clock)  # recorded by rank 0 only
+    return TrainResult(ts.step, ts.best_val_loss, val_loss, wall_time_s, run_dir)
 
 
 def kept_checkpoint(path: Path | None) -> str:
