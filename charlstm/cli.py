@@ -23,7 +23,7 @@ from .config import load_config
 from .data import read_corpus_with_vocab
 from .errors import CharlstmError
 from .files import strict_json
-from .parallel import communicator, started
+from .parallel import communicator, launcher_rank, started
 from .rundir import checkpoint_path
 
 BUNDLED_CORPUS = "corpus.txt"
@@ -319,7 +319,8 @@ def _main(argv=None) -> int:
         if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
             click.echo(exc.format_message())  # bare `charlstm`: show the help
             return 0
-        click.echo(f"error: {exc.format_message()}", err=True)
+        if launcher_rank() == 0:  # every rank parsed the same command line: say it once
+            click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
     except BrokenPipeError:  # e.g. `charlstm sample ... | head`
         sys.stderr.close()

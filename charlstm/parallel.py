@@ -20,6 +20,7 @@ from .errors import CharlstmError
 
 # Set by the launchers in each process they start: MPICH/Intel MPI (PMI), Open MPI.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 
 
 class SingleProcess:
@@ -138,6 +139,16 @@ def on_every_rank(error: CharlstmError) -> CharlstmError:
 def under_mpiexec() -> bool:
     """Started by an MPI launcher with more than one process."""
     return any(int(os.environ.get(name, "1") or 1) > 1 for name in SIZE_VARIABLES)
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher numbered it (0 when not under mpiexec),
+    known before MPI starts: e.g. for a command-line error that every rank makes alike."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 _communicator: SingleProcess | None = None

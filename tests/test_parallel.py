@@ -151,6 +151,12 @@ def test_a_bad_config_is_one_line_for_the_whole_job(workdir):
     assert "no_such_key" in one_error_line(result)
 
 
+def test_a_command_line_error_is_said_once_for_the_whole_job(workdir):
+    result = charlstm(2, "train", "tiny.txt", "--no-such-option", cwd=workdir)
+    assert result.returncode == 2
+    assert "--no-such-option" in one_error_line(result)  # not once per rank
+
+
 def test_a_corpus_missing_on_one_rank_stops_every_rank_naming_it(workdir):
     """Rank 1 is given a file that is not there, as on a host without the corpus."""
     base = [sys.executable, "-m", "charlstm.cli", "train", "--out", "run", "--quiet"]
