@@ -82,37 +82,37 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
 
 @cli.command()
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint file (best/last in a run directory).")
+              help="Checkpoint file (best/last in a run directory), or a run directory for its best.")
 @click.option("--length", default=500, show_default=True, type=int, help="Characters to generate.")
 @click.option("--temperature", default=1.0, show_default=True, type=float,
               help="Below 1 is more conservative, above 1 more surprising.")
 @click.option("--top-k", type=int, help="Sample only among the k most likely characters.")
+@click.option("--top-p", type=float,
+              help="Sample only among the most likely characters holding mass P, in (0, 1] (nucleus sampling).")
+@click.option("--beam", type=int, help="Beam search with N beams for the most likely text; prints its "
+                                        "log-probability (--beam 1 is --argmax).")
+@click.option("--stop", multiple=True, metavar="TEXT",
+              help='End a sample right after TEXT, e.g. --stop "\\n\\n" (repeatable; \\n and \\t are read).')
 @click.option("--prime", default="", help="Text the model reads first; it is printed too.")
+@click.option("--prime-file", type=click.Path(path_type=Path),
+              help="Read the prime from FILE (any length; not printed).")
 @click.option("--seed", type=int, help="Random seed; the same seed gives the same text.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", default=1, show_default=True, type=int,
               help="Independent samples, generated together as one batch.")
-def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_samples):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the settings, and each sample's text, length and log-probability.")
+@click.pass_context
+def sample(ctx, ckpt_path, length, temperature, top_k, top_p, beam, stop, prime, prime_file, seed, argmax,
+           num_samples, as_json):
     """Generate text from a checkpoint, streaming it to stdout (several samples are
     printed one after another once all are done, each under a header line)."""
-    from .sample import generate
+    from .sample_command import SampleOptions, run
 
-    ckpt = checkpoint.load(ckpt_path)
-    steps = generate(ckpt.params, ckpt.vocab, length, prime=prime, temperature=temperature,
-                     top_k=top_k, argmax=argmax, rng=np.random.default_rng(seed),
-                     num_samples=num_samples)
-    out = sys.stdout
-    if num_samples == 1:
-        out.write(prime)
-        for chars in steps:
-            out.write(chars)
-            out.flush()
-        out.write("\n")
-        return
-    columns = list(steps)  # step k holds character k of every sample
-    for n in range(num_samples):
-        out.write(f"---- sample {n + 1} of {num_samples} ----\n")
-        out.write(prime + "".join(step[n] for step in columns) + "\n")
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    options = SampleOptions(length, temperature, top_k, top_p, argmax, beam, tuple(stop), seed, num_samples)
+    run(ckpt_path, prime, prime_file, options, given, as_json, sys.stdout)
 
 
 @cli.command("eval")
