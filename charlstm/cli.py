@@ -38,14 +38,30 @@ def bundled_corpus() -> Path:
         return Path(__file__).resolve().parent.parent / "data" / BUNDLED_CORPUS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WholeHelpGroup(click.Group):
+    """Lists every command with its whole one-line description: click's own listing
+    cuts each at the terminal width with "...", mid-sentence."""
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, command.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=WholeHelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 def cli():
     """Train character-level LSTM language models on your own text, in NumPy."""
 
 
-@cli.command()
-@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+# Seconds between the plain status lines of a run whose output is piped (no progress bar).
+STATUS_EVERY_S = 30.0
+
+
+@cli.command(short_help="Train on text files or folders, or resume a run.")
+@click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config file (see configs/default.yaml); defaults apply to missing keys.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -55,32 +71,46 @@ def cli():
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="Continue RUN_DIR from its last checkpoint with its own config "
                    "(--set may raise train.max_steps).")
+@click.option("--from", "from_checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="With --resume: the checkpoint to continue from (best: fine-tune from the best).")
+@click.option("--new-schedule", is_flag=True,
+              help="With --resume: warm up and decay the learning rate again over the steps up to "
+                   "train.max_steps (else steps past the planned ones train at the final rate).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar (there is none unless stderr is a terminal).")
-def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
-    """Train on CORPUS (a text file; default: the bundled corpus), or resume a run."""
+@click.option("--quiet", is_flag=True, help="No progress bar or status lines (a bar shows only when stderr "
+                                            "is a terminal, else a status line every 30 s).")
+def train(corpus, config_path, overrides, out, resume_dir, from_checkpoint, new_schedule, force, quiet):
+    """Train on CORPUS (text files or folders; default: the bundled corpus), or resume a run."""
     from .train import resume, train as run_training
 
     # A bar redrawn with carriage returns only makes sense on a terminal; piped to a
     # log file, the evaluation lines are the progress.
     show_progress = not quiet and sys.stderr.isatty()
+    status_every_s = STATUS_EVERY_S if not quiet and not show_progress else 0.0
+    corpus = list(corpus)
     if resume_dir is not None:
         clashes = [flag for flag, given in (("--config", config_path), ("--out", out), ("--force", force)) if given]
         if clashes:
             raise CharlstmError(f"--resume uses the run's own config and directory; drop {', '.join(clashes)}")
         out = resume_dir
-        result = resume(resume_dir, list(overrides), corpus, show_progress=show_progress)
+        result = resume(resume_dir, list(overrides), corpus or None, show_progress=show_progress,
+                        status_every_s=status_every_s, from_checkpoint=from_checkpoint, new_schedule=new_schedule)
     else:
+        if new_schedule or from_checkpoint != "last":
+            raise CharlstmError("--from and --new-schedule go with --resume RUN_DIR")
         config = load_config(config_path, list(overrides))
-        corpus = corpus or bundled_corpus()
-        out = out or Path("runs") / f"{Path(corpus).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-        result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
+        corpus = corpus or [bundled_corpus()]
+        out = out or Path("runs") / f"{Path(corpus[0]).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        result = run_training(config, corpus[0] if len(corpus) == 1 else corpus, out, force=force,
+                              show_progress=show_progress, status_every_s=status_every_s)
+    if result.stop_reason:
+        click.echo(f"stopped: {result.stop_reason}")
     click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
     click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
 
 
-@cli.command()
+@cli.command(short_help="Generate text from a checkpoint: sampling or beam search.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file (best/last in a run directory), or a run directory for its best.")
 @click.option("--length", default=500, show_default=True, type=int, help="Characters to generate.")
@@ -115,7 +145,7 @@ def sample(ctx, ckpt_path, length, temperature, top_k, top_p, beam, stop, prime,
     run(ckpt_path, prime, prime_file, options, given, as_json, sys.stdout)
 
 
-@cli.command("eval")
+@cli.command("eval", short_help="Mean loss of a checkpoint on a text file (nats and bits/char).")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
 @click.argument("file", type=click.Path(path_type=Path))
