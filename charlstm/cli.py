@@ -103,9 +103,8 @@ def train(corpus, config_path, overrides, out, resume_dir, from_checkpoint, new_
         out = out or Path("runs") / f"{Path(corpus[0]).stem}-{datetime.now():%Y%m%d-%H%M%S}"
         result = run_training(config, corpus[0] if len(corpus) == 1 else corpus, out, force=force,
                               show_progress=show_progress, status_every_s=status_every_s)
-    if result.stop_reason:
-        click.echo(f"stopped: {result.stop_reason}")
-    click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
+    reason = f" ({result.stop_reason})" if result.stop_reason else ""
+    click.echo(f"done: {result.steps} steps{reason} in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
     click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
 

@@ -28,7 +28,7 @@ def test_patience_ends_the_run_as_finished_with_the_reason_everywhere(tiny_corpu
     out = capsys.readouterr().out
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 15 and "early stopping" in info["stop_reason"]
-    assert "stopped: early stopping" in out.splitlines()[-3]
+    assert out.splitlines()[-2].startswith("done: 15 steps (early stopping: 2 evaluations without an improvement")
     last = read_metrics(run)[-1]
     assert last["step"] == 15 and last["stop_reason"] == info["stop_reason"]
     best = checkpoint.load(run / "best.safetensors")
