@@ -40,14 +40,30 @@ def bundled_corpus() -> Path:
         return Path(__file__).resolve().parent.parent / "data" / BUNDLED_CORPUS
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WholeHelpGroup(click.Group):
+    """Lists every command with its whole one-line description: click's own listing
+    cuts each at the terminal width with "...", mid-sentence."""
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, command.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=WholeHelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 def cli():
     """Train character-level LSTM language models on your own text, in NumPy."""
 
 
-@cli.command()
-@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+# Seconds between the plain status lines of a run whose output is piped (no progress bar).
+STATUS_EVERY_S = 30.0
+
+
+@cli.command(short_help="Train on text files or folders, or resume a run.")
+@click.argument("corpus", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config file (see configs/default.yaml); defaults apply to missing keys.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -57,71 +73,84 @@ def cli():
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="Continue RUN_DIR from its last checkpoint with its own config "
                    "(--set may raise train.max_steps).")
+@click.option("--from", "from_checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="With --resume: the checkpoint to continue from (best: fine-tune from the best).")
+@click.option("--new-schedule", is_flag=True,
+              help="With --resume: warm up and decay the learning rate again over the steps up to "
+                   "train.max_steps (else steps past the planned ones train at the final rate).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar (there is none unless stderr is a terminal).")
-def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
-    """Train on CORPUS (a text file; default: the bundled corpus), or resume a run."""
+@click.option("--quiet", is_flag=True, help="No progress bar or status lines (a bar shows only when stderr "
+                                            "is a terminal, else a status line every 30 s).")
+def train(corpus, config_path, overrides, out, resume_dir, from_checkpoint, new_schedule, force, quiet):
+    """Train on CORPUS (text files or folders; default: the bundled corpus), or resume a run."""
     from .runlock import default_run_dir
     from .train import resume, train as run_training
 
     # A bar redrawn with carriage returns only makes sense on a terminal; piped to a
     # log file, the evaluation lines are the progress.
     show_progress = not quiet and sys.stderr.isatty()
+    status_every_s = STATUS_EVERY_S if not quiet and not show_progress else 0.0
+    corpus = list(corpus)
     if resume_dir is not None:
         clashes = [flag for flag, given in (("--config", config_path), ("--out", out), ("--force", force)) if given]
         if clashes:
             raise CharlstmError(f"--resume uses the run's own config and directory; drop {', '.join(clashes)}")
         out = resume_dir
-        result = resume(resume_dir, list(overrides), corpus, show_progress=show_progress)
+        result = resume(resume_dir, list(overrides), corpus or None, show_progress=show_progress,
+                        status_every_s=status_every_s, from_checkpoint=from_checkpoint, new_schedule=new_schedule)
     else:
+        if new_schedule or from_checkpoint != "last":
+            raise CharlstmError("--from and --new-schedule go with --resume RUN_DIR")
         with communicator().together():  # under mpiexec: one line for a config every rank refuses
             config = load_config(config_path, list(overrides))
-        corpus = corpus or bundled_corpus()
-        out = out or default_run_dir(Path(corpus))
-        result = run_training(config, Path(corpus), out, force=force, show_progress=show_progress)
+        corpus = corpus or [bundled_corpus()]
+        out = out or default_run_dir(Path(corpus[0]))
+        result = run_training(config, corpus[0] if len(corpus) == 1 else corpus, out, force=force,
+                              show_progress=show_progress, status_every_s=status_every_s)
     if not communicator().is_root:
         return  # under mpiexec rank 0 alone prints
-    click.echo(f"done: {result.steps} steps in {result.wall_time_s:.0f} s; best validation loss "
+    reason = f" ({result.stop_reason})" if result.stop_reason else ""
+    click.echo(f"done: {result.steps} steps{reason} in {result.wall_time_s:.0f} s; best validation loss "
                f"{result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char)")
     click.echo(f"sample: charlstm sample --ckpt {checkpoint_path(out, 'best')}")
 
 
-@cli.command()
+@cli.command(short_help="Generate text from a checkpoint: sampling or beam search.")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint file (best/last in a run directory).")
+              help="Checkpoint file (best/last in a run directory), or a run directory for its best.")
 @click.option("--length", default=500, show_default=True, type=int, help="Characters to generate.")
 @click.option("--temperature", default=1.0, show_default=True, type=float,
               help="Below 1 is more conservative, above 1 more surprising.")
 @click.option("--top-k", type=int, help="Sample only among the k most likely characters.")
+@click.option("--top-p", type=float,
+              help="Sample only among the most likely characters holding mass P, in (0, 1] (nucleus sampling).")
+@click.option("--beam", type=int, help="Beam search with N beams for the most likely text; prints its "
+                                        "log-probability (--beam 1 is --argmax).")
+@click.option("--stop", multiple=True, metavar="TEXT",
+              help='End a sample right after TEXT, e.g. --stop "\\n\\n" (repeatable; \\n and \\t are read).')
 @click.option("--prime", default="", help="Text the model reads first; it is printed too.")
+@click.option("--prime-file", type=click.Path(path_type=Path),
+              help="Read the prime from FILE (any length; not printed).")
 @click.option("--seed", type=click.IntRange(min=0), help="Random seed; the same seed gives the same text.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", default=1, show_default=True, type=int,
               help="Independent samples, generated together as one batch.")
-def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_samples):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: the settings, and each sample's text, length and log-probability.")
+@click.pass_context
+def sample(ctx, ckpt_path, length, temperature, top_k, top_p, beam, stop, prime, prime_file, seed, argmax,
+           num_samples, as_json):
     """Generate text from a checkpoint, streaming it to stdout (several samples are
     printed one after another once all are done, each under a header line)."""
-    from .sample import generate
+    from .sample_command import SampleOptions, run
 
-    ckpt = checkpoint.load(ckpt_path)
-    steps = generate(ckpt.params, ckpt.vocab, length, prime=prime, temperature=temperature,
-                     top_k=top_k, argmax=argmax, rng=np.random.default_rng(seed),
-                     num_samples=num_samples)
-    out = sys.stdout
-    if num_samples == 1:
-        out.write(prime)
-        for chars in steps:
-            out.write(chars)
-            out.flush()
-        out.write("\n")
-        return
-    columns = list(steps)  # step k holds character k of every sample
-    for n in range(num_samples):
-        out.write(f"---- sample {n + 1} of {num_samples} ----\n")
-        out.write(prime + "".join(step[n] for step in columns) + "\n")
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    options = SampleOptions(length, temperature, top_k, top_p, argmax, beam, tuple(stop), seed, num_samples)
+    run(ckpt_path, prime, prime_file, options, given, as_json, sys.stdout)
 
 
-@cli.command("eval")
+@cli.command("eval", short_help="Mean loss of a checkpoint on a text file (nats and bits/char).")
 @click.option("--ckpt", "ckpt_path", required=True, type=click.Path(path_type=Path),
               help="Checkpoint file.")
 @click.argument("file", type=click.Path(path_type=Path))

@@ -106,12 +106,16 @@ class TrainConfig:
     state_reset: float = _key(0.01, _in_range(0.0, 1.0))
     eval_streams: int = _key(64, _at_least(1))
     eval_warmup: int = _key(256, _at_least(0))
+    patience: int = _key(0, _at_least(0))
+    min_delta: float = _key(0.0, _at_least(0.0))
+    max_minutes: float = _key(0.0, _at_least(0.0))
 
 
 @dataclass(frozen=True)
 class DataConfig:
     val_fraction: float = _key(0.1, _fraction_in_range)
     encoding: str = _key("utf-8", _encoding)
+    skip_bad_files: bool = _key(False)
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,10 @@ def _coerce(key: str, type_name: str, value: Any) -> Any:
             raise wrong("a finite number") from None
         if not math.isfinite(value):
             raise wrong("a finite number")
+        return value
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
         return value
     if type_name == "str":
         if not isinstance(value, str):
@@ -273,6 +281,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     """'train.lr=0.001' -> ('train.lr', 0.001); the value is read as YAML."""
     key, sep, value = text.partition("=")
     key = key.strip()
+    if sep and "." not in key and value.strip():  # e.g. lr=0.01: name the section it lives in
+        matches = [k for k in all_keys() if k.rpartition(".")[2] == key]
+        close = matches[0] if matches else _closest_key(f"train.{key}")
+        hint = f"; did you mean --set {close}={value.strip()}?" if close else ""
+        raise ConfigError(f"--set expects section.key=value, got {text!r}{hint}")
     if not sep or "." not in key or not value.strip():
         raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.001), got {text!r}")
     try:
@@ -323,7 +336,8 @@ def config_yaml(config: Config) -> str:
 # schedule keeps the length it started with; see state.TrainingState.schedule_steps).
 RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.checkpoint_every",
                   "train.sample_every", "train.sample_length", "train.log_every",
-                  "train.eval_streams", "train.eval_warmup")
+                  "train.eval_streams", "train.eval_warmup", "train.patience", "train.min_delta",
+                  "train.max_minutes")
 
 
 def check_resumable(before: Config, after: Config, run_dir: Path) -> None:

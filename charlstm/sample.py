@@ -1,4 +1,9 @@
-"""Text generation from a trained model, one character per step for N samples at once."""
+"""Text generation from a trained model, one character per step for N samples at once.
+
+Every path starts from the model's initial state and reads the prime first (in
+windows of PRIME_WINDOW characters, so a prime of any length costs a few large
+products, not one Python step per character). Beam search lives in beam.py.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,18 @@ from .errors import CharlstmError
 from . import kernels
 from .model import Params, initial_state, prepare_layers, run_layers
 
+# Prime characters read per run_layers call: long enough that the per-call overhead
+# vanishes, short enough that the window's caches stay a few MB (T * 4H * N floats).
+PRIME_WINDOW = 1024
 
 MIN_TEMPERATURE = 1e-6
 
 
-def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
-    """Softmax of logits / temperature over each row, keeping only the top_k largest."""
+def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None,
+                    top_p: float | None = None) -> np.ndarray:
+    """Softmax of logits / temperature over each row, keeping only the top_k largest,
+    then only the nucleus: the most likely characters whose mass first reaches top_p
+    (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration")."""
     scaled = logits.astype(np.float64) / temperature
     if top_k is not None and top_k < scaled.shape[1]:
         cutoff = np.partition(scaled, -top_k, axis=1)[:, -top_k][:, None]
@@ -24,7 +35,23 @@ def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None) -
     scaled -= scaled.max(axis=1, keepdims=True)
     probs = np.exp(scaled)
     probs /= probs.sum(axis=1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        # keep a character if the mass of the more likely ones is still below top_p,
+        # so the most likely character is always kept
+        mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs
+        drop = np.zeros_like(probs, dtype=bool)
+        np.put_along_axis(drop, order, mass_before >= top_p, axis=1)
+        probs[drop] = 0.0
+        probs /= probs.sum(axis=1, keepdims=True)
     return probs
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities of (N, V) logits, in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -35,7 +62,7 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def check_sampling_args(vocab: Vocab, length: int, temperature: float, top_k: int | None,
-                        num_samples: int = 1) -> None:
+                        num_samples: int = 1, top_p: float | None = None) -> None:
     if length < 0:
         raise CharlstmError(f"--length must be 0 or more, got {length}")
     if num_samples < 1:
@@ -46,11 +73,32 @@ def check_sampling_args(vocab: Vocab, length: int, temperature: float, top_k: in
                             f"got {temperature}; use --argmax for greedy decoding")
     if top_k is not None and not 1 <= top_k <= vocab.size:
         raise CharlstmError(f"--top-k must be between 1 and the vocabulary size {vocab.size}, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise CharlstmError(f"--top-p must be in (0, 1], got {top_p}")
+
+
+def read_prime(params: Params, vocab: Vocab, prime: str, num_streams: int):
+    """The state after reading `prime` from the initial state, for `num_streams`
+    copies, and the prime's last id (what the first step is fed). An empty prime means
+    a newline (or the vocabulary's first character). All but the last character are
+    read in windows of PRIME_WINDOW with the state carried."""
+    if not prime:
+        prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
+    prime_ids = vocab.encode(prime).astype(np.intp)
+    state = initial_state(params, num_streams)
+    if len(prime_ids) > 1:
+        layers = prepare_layers(params)
+        for start in range(0, len(prime_ids) - 1, PRIME_WINDOW):
+            window = prime_ids[start:min(start + PRIME_WINDOW, len(prime_ids) - 1)]
+            inputs = np.repeat(window[:, None], num_streams, axis=1)  # (T, N)
+            _, state, _, _ = run_layers(layers, inputs, state)
+    return state, np.full(num_streams, prime_ids[-1], dtype=np.intp)
 
 
 def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
              temperature: float = 1.0, top_k: int | None = None, argmax: bool = False,
-             rng: np.random.Generator | None = None, num_samples: int = 1) -> Iterator[str]:
+             rng: np.random.Generator | None = None, num_samples: int = 1,
+             top_p: float | None = None) -> Iterator[str]:
     """Iterate over `length` steps of text; each step is a string of `num_samples`
     characters, one per independent sample. From its initial state the model first
     reads `prime` (without a prime it starts as if after a newline, or after the
@@ -58,16 +106,21 @@ def generate(params: Params, vocab: Vocab, length: int, *, prime: str = "",
 
     Arguments are checked and the prime is read when this is called, not on the first
     step, so a bad argument fails before any text is produced."""
-    check_sampling_args(vocab, length, temperature, top_k, num_samples)
-    if not prime:
-        prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
-    prime_ids = vocab.encode(prime).astype(np.intp)
-    state = initial_state(params, num_samples)
-    inputs = np.repeat(prime_ids[:, None], num_samples, axis=1)  # (T, N)
-    if len(prime_ids) > 1:  # read all but the last prime character in one window
-        _, state, _, _ = run_layers(prepare_layers(params), inputs[:-1], state)
+    steps = generate_scored(params, vocab, length, prime=prime, temperature=temperature, top_k=top_k,
+                            argmax=argmax, rng=rng, num_samples=num_samples, top_p=top_p)
+    return (chars for chars, _ in steps)
+
+
+def generate_scored(params: Params, vocab: Vocab, length: int, *, prime: str = "",
+                    temperature: float = 1.0, top_k: int | None = None, argmax: bool = False,
+                    rng: np.random.Generator | None = None, num_samples: int = 1,
+                    top_p: float | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """As `generate`, but each step also gives the (N,) log-probabilities, under the
+    model itself (temperature 1, nothing cut off), of the characters drawn."""
+    check_sampling_args(vocab, length, temperature, top_k, num_samples, top_p)
+    state, current = read_prime(params, vocab, prime, num_samples)
     stepper = SamplingStep(params, state)
-    return _sample_steps(stepper, vocab, inputs[-1], length, temperature, top_k, argmax, rng)
+    return _sample_steps(stepper, vocab, current, length, temperature, top_k, top_p, argmax, rng)
 
 
 class SamplingStep:
@@ -112,12 +165,20 @@ class SamplingStep:
         return self.logits
 
 
-def _sample_steps(stepper: SamplingStep, vocab, current, length, temperature, top_k, argmax, rng):
+def _sample_steps(stepper: SamplingStep, vocab, current, length, temperature, top_k, top_p, argmax, rng):
     chars = np.array(list(vocab.chars))
+    rows = np.arange(len(current))
     for _ in range(length):
         logits = stepper(current).T  # (N, V)
         if argmax:
             current = logits.argmax(axis=1)
         else:
-            current = draw(next_char_probs(logits, temperature, top_k), rng)
-        yield "".join(chars[current]) if len(current) > 1 else vocab.chars[current[0]]
+            current = draw(next_char_probs(logits, temperature, top_k, top_p), rng)
+        log_probs = log_softmax(logits)[rows, current]
+        yield ("".join(chars[current]) if len(current) > 1 else vocab.chars[current[0]]), log_probs
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Length of `text` up to and including the earliest complete stop string, or None."""
+    ends = [text.find(stop) + len(stop) for stop in stops if stop in text]
+    return min(ends) if ends else None

@@ -62,7 +62,12 @@ class TrainingState:
     # raises max_steps trains on at the schedule's final rate instead of stretching it,
     # so the steps already planned stay exactly as they were.
     schedule_steps: int = 0
+    # The step the schedule (warmup, then decay to schedule_steps) starts from: 0, or
+    # the step a resume with --new-schedule began at (fine-tuning, training longer).
+    schedule_start: int = 0
     since_log: LogWindow = field(default_factory=LogWindow)
+    # Early stopping (train.patience): evaluations since the best improved by more than min_delta.
+    evals_without_improvement: int = 0
     # The large per-window arrays of train_step, reused from one step to the next (a
     # step no longer needs the previous step's caches); not checkpointed. See lstm.LayerBuffers.
     buffers: ModelBuffers = field(default_factory=ModelBuffers, repr=False)
@@ -98,6 +103,8 @@ class TrainingState:
             ts.elapsed_s = float(ckpt.progress.get("elapsed_s", 0.0))
             if ts.step > 0:  # at step 0 (e.g. imported weights) the schedule is not yet set
                 ts.schedule_steps = int(ckpt.progress.get("schedule_steps", ckpt.config.train.max_steps))
+            ts.schedule_start = int(ckpt.progress.get("schedule_start", 0))
+            ts.evals_without_improvement = int(ckpt.progress.get("evals_without_improvement", 0))
             window = ckpt.progress.get("since_log")  # absent before issue 9: start a new window
             if window is not None:
                 ts.since_log = LogWindow(float(window["loss_sum"]), int(window["steps"]), float(window["seconds"]))
@@ -113,7 +120,10 @@ class TrainingState:
                       "window": self.step % windows_per_epoch,
                       "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
                       "elapsed_s": self.elapsed_s, "schedule_steps": self.schedule_steps,
-                      "since_log": asdict(self.since_log)},
+                      "schedule_start": self.schedule_start,
+                      "since_log": asdict(self.since_log),
+                      "evals_without_improvement": self.evals_without_improvement,
+                      "planned_steps": config.train.max_steps if config.train.max_minutes else None},
             optimizer_step=self.optimizer.step_count,
             optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
             carried_state=self.carried,

@@ -61,6 +61,7 @@ class TrainResult:
     final_val_loss: float
     wall_time_s: float
     run_dir: Path
+    stop_reason: str = ""  # why it ended before max_steps (early stopping), else empty
 
 
 def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Config,
@@ -89,8 +90,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         raise TrainingDiverged(f"training diverged at step {ts.step + 1} "
                                f"(loss {loss}, gradient norm {grad_norm})")
-    lr = learning_rate(ts.step, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
-                       ts.schedule_steps, train_cfg.final_lr_fraction)
+    lr = learning_rate(ts.step - ts.schedule_start, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
+                       ts.schedule_steps - ts.schedule_start, train_cfg.final_lr_fraction)
     ts.optimizer.step(ts.params.flat, grads.flat, lr, decay_views)
     for full, new in zip(ts.carried, next_state):  # no gradient path back into this window
         full[:, mine] = new
@@ -111,11 +112,11 @@ def streams_to_reset(ts: TrainingState, probability: float, epoch_start: bool) -
     return started
 
 
-def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
+def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force: bool = False,
           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write,
-          comm: SingleProcess | None = None) -> TrainResult:
-    """Train from scratch on `corpus`, writing everything to `run_dir` (under MPI,
-    every rank reads the corpus and rank 0 writes).
+          status_every_s: float = 0.0, comm: SingleProcess | None = None) -> TrainResult:
+    """Train from scratch on `corpus` (a file, a folder or several files), writing
+    everything to `run_dir` (under MPI, every rank reads the corpus and rank 0 writes).
 
     metrics.jsonl gets a record every `log_every` steps and at every evaluation:
     step, epoch, train_loss, lr, grad_norm (before clipping), chars_per_s (training
@@ -123,36 +124,83 @@ def train(config: Config, corpus: Path, run_dir: Path, *, force: bool = False,
     val_loss (nats/char) and val_bpc.
     """
     comm = comm or communicator()
+    if not comm.is_root:
+        echo = lambda line: None  # noqa: E731
     with contextlib.ExitStack() as held:
         with comm.together():  # a corpus missing on one host stops every rank
             comm.shard(config.train.batch_size)
-            data = load_corpus(corpus, config)
+            data, corpus_info = load_training_corpus(corpus, config, echo)
             ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
+            planned = {}
+            if config.train.max_minutes:
+                config, ts, planned = plan_budget(config, data, ts, echo, comm)
         with comm.together():
             if comm.is_root:  # rank 0 alone writes, so it alone holds the lock (runlock.py)
                 held.enter_context(RunLock(run_dir, create=True))
                 prepare_run_dir(run_dir, force)
                 write_config(run_dir, config)
-        if not comm.is_root:
-            echo = lambda line: None  # noqa: E731
         run_info = {
-            "corpus": str(Path(corpus).resolve()), "corpus_sha256": data.sha256,
+            **corpus_info, **planned,
             "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),
             "val_chars": int(len(data.val_ids)), "vocab_size": data.vocab.size,
             "num_params": int(ts.params.flat.size), "windows_per_epoch": data.windows_per_epoch,
             "charlstm_version": __version__, "numpy_version": np.__version__,
             "python_version": platform.python_version(), "command": sys.argv, "resumes": [],
         }
-        echo(f"corpus {corpus}: {data.num_chars:,} chars, vocabulary {data.vocab.size}; model "
+        echo(f"corpus {data.path}: {data.num_chars:,} chars, vocabulary {data.vocab.size}; model "
              f"{config.model.num_layers}x{config.model.hidden_size}, {ts.params.flat.size:,} parameters; "
              f"{data.windows_per_epoch} windows per epoch; run directory {run_dir}")
-        return run_training(config, data, ts, run_dir, run_info, show_progress, echo, comm)
+        return run_training(config, data, ts, run_dir, run_info, show_progress, echo, status_every_s, comm)
 
 
-def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = None, *,
-           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write,
+def load_training_corpus(corpus: Path | Sequence[Path], config: Config, echo) -> tuple[Corpus, dict]:
+    """The corpus and what run.json records of it. One file is read as always; a folder
+    or several files go through corpus_files (sorted, joined, split per file)."""
+    from .corpus_files import corpus_fingerprint, load_corpus_files
+
+    inputs = [Path(corpus)] if isinstance(corpus, (str, Path)) else [Path(c) for c in corpus]
+    if len(inputs) == 1 and not inputs[0].is_dir():
+        data = load_corpus(inputs[0], config)  # one read: the sha256 is of the very bytes trained on
+        return data, {"corpus": str(inputs[0].resolve()), "corpus_sha256": data.sha256}
+    data, files, skipped = load_corpus_files(inputs, config)
+    if skipped:
+        echo(f"skipped {len(skipped)} file(s) that are not text in {config.data.encoding} (data.skip_bad_files)")
+    return data, {"corpus": str(inputs[0].resolve()), "corpus_inputs": [str(i.resolve()) for i in inputs],
+                  "corpus_sha256": corpus_fingerprint(files),
+                  "corpus_files": [{"path": str(f.path.resolve()), "sha256": f.sha256, "chars": f.chars}
+                                   for f in files],
+                  "skipped_files": skipped}
+
+
+def plan_budget(config: Config, data: Corpus, ts: TrainingState, echo,
+                comm: SingleProcess) -> tuple[Config, TrainingState, dict]:
+    """train.max_minutes -> train.max_steps (see budget.py); the config written to the
+    run directory holds the planned steps, so a resume continues the same plan."""
+    import dataclasses
+
+    from .budget import plan_steps
+
+    plan = plan_steps(config, data, ts, train_step, comm)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=plan.steps))
+    ts.schedule_steps = plan.steps
+    echo(f"time budget {config.train.max_minutes:g} min: {plan.step_s * 1e3:.1f} ms per step and "
+         f"{plan.eval_s:.2f} s per evaluation measured; planned {plan.steps} steps")
+    return config, ts, {"planned_steps": plan.steps, "budget": {
+        "max_minutes": config.train.max_minutes, "step_s": plan.step_s, "eval_s": plan.eval_s,
+        "measured_s": plan.measured_s}}
+
+
+def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | Sequence[Path] | None = None, *,
+           show_progress: bool = True, echo: Callable[[str], None] = tqdm.write, status_every_s: float = 0.0,
+           from_checkpoint: str = "last", new_schedule: bool = False,
            comm: SingleProcess | None = None) -> TrainResult:
     """Continue the run in `run_dir` from its `last` checkpoint with its own config.
+
+    from_checkpoint="best" goes back to the best checkpoint instead (the later steps
+    are dropped). new_schedule starts the learning-rate schedule again (warmup, then
+    decay until train.max_steps) at the step resumed from: fine-tuning, or training
+    longer than planned at more than the final rate. Either makes the run differ from
+    an uninterrupted one, by request.
 
     Only config.RESUMABLE_KEYS may be overridden. The result is bitwise the same as an
     uninterrupted run: the checkpoint holds the weights, Adam's moments and step, the
@@ -162,66 +210,86 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | None = N
     """
     run_dir = Path(run_dir)
     comm = comm or communicator()
+    if not comm.is_root:
+        echo = lambda line: None  # noqa: E731
     with contextlib.ExitStack() as held:
         with comm.together():
             if not run_dir.is_dir():
                 raise CharlstmError(f"--resume {run_dir}: no such run directory")
             if comm.is_root:  # rank 0 alone writes; everything is read after the lock is held
                 held.enter_context(RunLock(run_dir))
-            data, ts, run_info, ckpt, last_path, config = _read_resumable(run_dir, overrides, corpus, comm)
+            data, corpus_info, ts, run_info, ckpt, last_path, config = _read_resumable(
+                run_dir, overrides, corpus, comm, echo, from_checkpoint, new_schedule)
         with comm.together():
             if comm.is_root:
                 check_run_files(run_dir)
                 remove_stale_temporary_files(run_dir)
                 write_config(run_dir, config)
                 truncate_metrics(run_dir, ts.step)
-        if not comm.is_root:
-            echo = lambda line: None  # noqa: E731
         if ckpt is None:
             echo(f"no checkpoint in {run_dir} yet; starting it again from step 0")
         else:
             echo(f"resuming {run_dir} from step {ts.step} ({last_path.name})")
-        run_info["corpus"] = str(data.path.resolve())  # it may have moved: the next resume looks here
+        run_info.update(corpus_info)  # it may have moved: the next resume looks here
         earlier = run_info.get("resumes")
         run_info["resumes"] = [*(earlier if isinstance(earlier, list) else []),
-                               {"from_step": ts.step, "command": sys.argv}]
-        return run_training(config, data, ts, run_dir, run_info, show_progress, echo, comm)
+                               {"from_step": ts.step, "from": from_checkpoint, "new_schedule": new_schedule,
+                                "command": sys.argv}]
+        return run_training(config, data, ts, run_dir, run_info, show_progress, echo, status_every_s, comm)
 
 
-def _read_resumable(run_dir: Path, overrides: Sequence[str], corpus: Path | None, comm: SingleProcess):
+def _read_resumable(run_dir: Path, overrides: Sequence[str], corpus: Path | Sequence[Path] | None,
+                    comm: SingleProcess, echo: Callable[[str], None], from_checkpoint: str, new_schedule: bool):
     """Everything a resume needs, read and checked down to the training state before
     anything in the run directory changes: a resume that fails leaves the run as it was."""
     run_info = read_run_info(run_dir)
-    last_path = checkpoint_path(run_dir, "last")
+    last_path = checkpoint_path(run_dir, from_checkpoint)
+    if from_checkpoint != "last" and not last_path.exists():
+        raise CharlstmError(f"{run_dir} has no {from_checkpoint} checkpoint yet")
     ckpt = checkpoint.load(last_path) if last_path.exists() else None
     saved_config = read_config(run_dir)
     config = read_config(run_dir, overrides)
     check_resumable(saved_config if ckpt is None else ckpt.config, config, run_dir)
     comm.shard(config.train.batch_size)
     step = ckpt.progress.get("step", 0) if ckpt else 0
+    if new_schedule and config.train.max_steps <= step:
+        raise CharlstmError(f"--new-schedule needs steps to schedule: raise train.max_steps above {step}")
     if config.train.max_steps < step or (config.train.max_steps == step and run_info.get("status") == "finished"):
         raise CharlstmError(
             f"{run_dir} already trained {step} steps (train.max_steps={config.train.max_steps}); to train "
-            f"longer: charlstm train --resume {run_dir} --set train.max_steps={max(2 * step, step + 1)}")
+            f"longer: charlstm train --resume {run_dir} --set train.max_steps={max(2 * step, step + 1)} "
+            "(add --new-schedule to decay the learning rate again over the new steps)")
 
-    corpus = Path(corpus or run_info["corpus"])
-    try:
-        existing_file(corpus, "the run's corpus")
-    except CharlstmError as exc:
-        raise CharlstmError(f"{exc}; pass the same text: charlstm train CORPUS --resume {run_dir}") from None
-    data = load_corpus(corpus, config)  # one read: the sha256 is of the very bytes trained on
+    if isinstance(corpus, (list, tuple)):
+        corpus = corpus if len(corpus) != 1 else corpus[0]
+    if corpus is None or (isinstance(corpus, (list, tuple)) and not corpus):
+        recorded_inputs = run_info.get("corpus_inputs")
+        corpus = [Path(i) for i in recorded_inputs] if isinstance(recorded_inputs, list) else run_info["corpus"]
+    for item in ([corpus] if isinstance(corpus, (str, Path)) else corpus):
+        if not Path(item).exists():
+            raise CharlstmError(f"the run's corpus {item} does not exist; pass the same text: "
+                                f"charlstm train CORPUS --resume {run_dir}")
+    if isinstance(corpus, (str, Path)) and not Path(corpus).is_dir():
+        corpus = Path(corpus)
+        try:
+            existing_file(corpus, "the run's corpus")
+        except CharlstmError as exc:
+            raise CharlstmError(f"{exc}; pass the same text: charlstm train CORPUS --resume {run_dir}") from None
+    data, corpus_info = load_training_corpus(corpus, config, echo)
     recorded = run_info.get("corpus_sha256")  # absent in runs made before resume existed
-    if recorded and data.sha256 != recorded:
-        raise CharlstmError(f"{corpus} is not the text {run_dir} was trained on (its sha256 differs); "
-                            "resume with the original file, or start a new run")
+    if recorded and corpus_info["corpus_sha256"] != recorded:
+        raise CharlstmError(f"{data.path} is not the text {run_dir} was trained on (its sha256 differs); "
+                            "resume with the original file(s), or start a new run")
     if ckpt is not None and ckpt.vocab != data.vocab:
-        raise CharlstmError(f"the vocabulary of {corpus} differs from the checkpoint's; it cannot continue")
+        raise CharlstmError(f"the vocabulary of {data.path} differs from the checkpoint's; it cannot continue")
     ts = TrainingState.fresh(config, data.vocab.size) if ckpt is None else TrainingState.from_checkpoint(ckpt, config)
-    return data, ts, run_info, ckpt, last_path, config
+    if new_schedule:
+        ts.schedule_start, ts.schedule_steps = ts.step, config.train.max_steps
+    return data, corpus_info, ts, run_info, ckpt, last_path, config
 
 
 def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path, run_info: dict,
-                 show_progress: bool, echo: Callable[[str], None],
+                 show_progress: bool, echo: Callable[[str], None], status_every_s: float = 0.0,
                  comm: SingleProcess = SingleProcess()) -> TrainResult:
     """The loop shared by a fresh run and a resumed one, from `ts.step` to max_steps.
     Under MPI every rank runs it; rank 0 alone writes files and prints."""
@@ -262,7 +330,9 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         except CharlstmError:
             pass  # the error being reported matters more than this record
 
-    for outcome in ("error", "final_val_loss"):  # of an earlier attempt at this run
+    stop_reason = ""
+    last_status = time.perf_counter()
+    for outcome in ("error", "final_val_loss", "stop_reason"):  # of an earlier attempt at this run
         run_info.pop(outcome, None)
     run_info["pid"] = os.getpid()  # who holds the run's lock (runlock.holder)
     finish("running")
@@ -302,8 +372,17 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 if evaluated is not None:  # None: a stop signal came first
                     val_loss = evaluated.loss
                     improved = val_loss < ts.best_val_loss
+                    # early stopping counts only improvements larger than min_delta
+                    if val_loss < ts.best_val_loss - train_cfg.min_delta:
+                        ts.evals_without_improvement = 0
+                    else:
+                        ts.evals_without_improvement += 1
                     ts.best_val_loss = min(ts.best_val_loss, val_loss)
                     evaluation = {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+                    if train_cfg.patience and ts.evals_without_improvement >= train_cfg.patience:
+                        stop_reason = (f"early stopping: {train_cfg.patience} evaluations without an improvement "
+                                       f"of more than {train_cfg.min_delta:g} nats/char")
+                        evaluation["stop_reason"] = stop_reason
                     echo(f"step {ts.step}: val {val_loss:.4f} nats/char ({val_loss / math.log(2):.4f} "
                          f"bits/char){' (best)' if improved else ''}, train {smoothed_loss:.4f}")
                     if improved:
@@ -324,9 +403,18 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 stopping = comm.any(stop.received is not None)
                 # Saved last, so the checkpoint holds everything this step did, the
                 # sampling generator included.
-                if due(train_cfg.checkpoint_every) or stopping:
+                if due(train_cfg.checkpoint_every) or stopping or stop_reason:
                     save("last")
                     saved_step = ts.step
+                if stop_reason:  # the same on every rank: the validation loss is reduced
+                    echo(f"step {ts.step}: {stop_reason}; the best checkpoint is {checkpoint_path(run_dir, 'best')}")
+                    break
+                if status_every_s and time.perf_counter() - last_status >= status_every_s:
+                    # piped output has no progress bar: a plain line now and then instead
+                    last_status = time.perf_counter()
+                    echo(f"step {ts.step}/{train_cfg.max_steps}: train loss {smoothed_loss:.4f}, lr {lr:.2e}, "
+                         f"{ts.since_log.chars_per_s(chars_per_step):,.0f} char/s, "
+                         f"{last_status - clock:.0f} s elapsed")
                 if stopping and ts.step < train_cfg.max_steps:  # at the end: complete, not interrupted
                     finish("interrupted")
                     # Another rank may have been signalled first (mpiexec forwards the signal).
@@ -349,9 +437,9 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         if log is not None:
             log.close()
 
-    finish("finished", final_val_loss=val_loss)
+    finish("finished", final_val_loss=val_loss, **({"stop_reason": stop_reason} if stop_reason else {}))
     wall_time_s = run_info.get("wall_time_s", time.perf_counter() - clock)  # recorded by rank 0 only
-    return TrainResult(ts.step, ts.best_val_loss, val_loss, wall_time_s, run_dir)
+    return TrainResult(ts.step, ts.best_val_loss, val_loss, wall_time_s, run_dir, stop_reason)
 
 
 def kept_checkpoint(path: Path | None) -> str:

@@ -100,7 +100,9 @@ def train(corpus: str, *args: str) -> list[str]:
 CASES = {
     # corpus
     "corpus missing": (lambda: train("missing.txt"), "missing.txt does not exist"),
-    "corpus is a directory": (lambda: train(str(Path("good").resolve())), "/good is a directory, not a file"),
+    # a folder is a corpus of its files (issue 14); this one holds a run's binary checkpoints
+    "corpus folder with a binary file": (lambda: train(str(Path("good").resolve())),
+                                         "best.safetensors is not a text file (it holds NUL bytes)"),
     "corpus empty": (lambda: train(write("empty.txt", ""), *TINY), "corpus empty.txt is empty"),
     "corpus undecodable": (lambda: train(write("bad.txt", b"caf\xc3\xa9 ok \xff then more"), *TINY),
                            "bad.txt: byte 9 is not valid utf-8"),

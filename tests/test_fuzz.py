@@ -107,8 +107,10 @@ def _vocab(make):
 def payload_mutations() -> dict:
     out = {}
     for section, values in config_to_dict(Config()).items():
-        for key in values:
+        for key, default in values.items():
             for value in WRONG_TYPES:
+                if type(value) is type(default):
+                    continue  # e.g. True for a flag: the right type
                 out[f"config.{section}.{key}={value!r:.12}"] = _set(("config", section, key), value)
         out[f"config.{section}=7"] = _set(("config", section), 7)
     out["config.unknown section"] = _set(("config", "optimizer"), {"lr": 1})

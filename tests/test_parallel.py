@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from charlstm import checkpoint
-from conftest import write_tiny_corpus
+from helpers import write_tiny_corpus
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 pytestmark = pytest.mark.skipif(

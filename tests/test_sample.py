@@ -111,3 +111,51 @@ def test_negative_length_is_refused(params):
 def test_bad_arguments_fail_on_the_call_before_any_step(params):
     with pytest.raises(CharlstmError, match="'z'"):
         generate(params, VOCAB, 10, prime="z", rng=np.random.default_rng(0))  # never iterated
+
+
+def test_top_p_1_is_plain_sampling_for_the_same_seed(params):
+    assert text(params, seed=9, top_p=1.0) == text(params, seed=9)
+    assert text(params, seed=9, top_p=1.0, temperature=0.7, top_k=4) == text(params, seed=9, temperature=0.7, top_k=4)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_and_always_the_most_likely():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05], [0.97, 0.01, 0.01, 0.01]]))
+    probs = next_char_probs(logits, 1.0, None, top_p=0.75)
+    assert np.allclose(probs[0], [0.5 / 0.8, 0.3 / 0.8, 0, 0]) and np.allclose(probs[1], [1, 0, 0, 0])
+    tiny = next_char_probs(logits, 1.0, None, top_p=1e-9)
+    assert np.allclose(tiny, [[1, 0, 0, 0], [1, 0, 0, 0]])
+
+
+def test_top_p_samples_only_from_the_nucleus(params):
+    """With a small p every drawn character is the model's most likely one: top-p 1e-6 is greedy."""
+    assert text(params, seed=3, top_p=1e-6) == text(params, argmax=True)
+
+
+@pytest.mark.parametrize("top_p", [0.0, -0.5, 1.5])
+def test_top_p_outside_0_1_is_refused(params, top_p):
+    with pytest.raises(CharlstmError, match=r"--top-p must be in \(0, 1\]"):
+        generate(params, VOCAB, 5, top_p=top_p, rng=np.random.default_rng(0))
+
+
+def test_a_long_prime_is_read_in_windows_with_the_state_carried(params, monkeypatch):
+    """A prime longer than PRIME_WINDOW gives the same text as one read in one window."""
+    from charlstm import sample
+    prime = ("abc defg\n" * 300)[:2500]
+    whole = text(params, length=30, prime=prime, argmax=True)
+    monkeypatch.setattr(sample, "PRIME_WINDOW", 64)
+    calls = []
+    real = sample.run_layers
+    monkeypatch.setattr(sample, "run_layers", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    assert text(params, length=30, prime=prime, argmax=True) == whole
+    assert len(calls) == -(-(len(prime) - 1) // 64) and max(shape[0] for shape in calls) == 64
+
+
+def test_scored_generation_reports_the_model_log_probability_of_each_character(params):
+    from charlstm.sample import generate_scored
+    steps = list(generate_scored(params, VOCAB, 20, prime="ab", temperature=1.3, rng=np.random.default_rng(4)))
+    out = "".join(chars for chars, _ in steps)
+    ids = VOCAB.encode("ab" + out).astype(np.intp)[:, None]
+    scores = logits(params, ids, initial_state(params, 1))[0][1:-1, 0].astype(np.float64)
+    expected = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    targets = ids[2:, 0]
+    assert np.allclose([lp[0] for _, lp in steps], expected[np.arange(20), targets], atol=1e-4)

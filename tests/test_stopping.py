@@ -1,0 +1,96 @@
+"""When a run ends before its steps are done, or decides its steps itself (issue 14):
+early stopping (train.patience, train.min_delta) and a time budget (train.max_minutes)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from charlstm import checkpoint
+from charlstm.cli import main
+from charlstm.config import ConfigError, load_config
+from charlstm.rundir import read_metrics
+from charlstm.train import train
+
+from helpers import TINY_RUN, tiny_config
+
+
+def quiet(_):
+    pass
+
+
+def test_patience_ends_the_run_as_finished_with_the_reason_everywhere(tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    # min_delta larger than any gain a few steps bring: the second evaluation without one stops it
+    assert main(["train", str(tiny_corpus), "--out", str(run), *TINY_RUN, "--set", "train.max_steps=200",
+                 "--set", "train.eval_every=5", "--set", "train.patience=2", "--set", "train.min_delta=5"]) == 0
+    out = capsys.readouterr().out
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 15 and "early stopping" in info["stop_reason"]
+    assert out.splitlines()[-2].startswith("done: 15 steps (early stopping: 2 evaluations without an improvement")
+    last = read_metrics(run)[-1]
+    assert last["step"] == 15 and last["stop_reason"] == info["stop_reason"]
+    best = checkpoint.load(run / "best.safetensors")
+    assert best.progress["best_val_loss"] == pytest.approx(info["best_val_loss"])
+    assert checkpoint.load(run / "last.safetensors").progress["step"] == 15
+
+
+def test_patience_0_never_stops_and_a_real_improvement_resets_the_count(tiny_corpus, tmp_path):
+    off = train(tiny_config(**{"train.max_steps": 40, "train.eval_every": 5, "train.sample_length": 0}),
+                tiny_corpus, tmp_path / "off", show_progress=False, echo=quiet)
+    assert off.steps == 40 and off.stop_reason == ""
+    # a tiny model on a tiny corpus improves at every evaluation early on: patience 1, min_delta 0 runs on
+    on = train(tiny_config(**{"train.max_steps": 40, "train.eval_every": 5, "train.sample_length": 0,
+                              "train.patience": 1}), tiny_corpus, tmp_path / "on", show_progress=False, echo=quiet)
+    assert on.steps == 40 and on.best_val_loss == off.best_val_loss
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.patience", "-1", "at least 0"), ("train.patience", "1.5", "an integer"),
+    ("train.min_delta", "-0.1", "at least 0"), ("train.max_minutes", "-1", "at least 0"),
+    ("train.max_minutes", "soon", "a number"),
+])
+def test_bad_stopping_values_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_a_time_budget_plans_steps_and_the_run_is_then_a_step_limited_run(tiny_corpus, tmp_path):
+    settings = {"train.max_minutes": 0.02, "train.eval_every": 50, "train.sample_length": 0,
+                "train.checkpoint_every": 50}
+    budget = train(tiny_config(**settings), tiny_corpus, tmp_path / "budget", show_progress=False, echo=quiet)
+    info = json.loads((tmp_path / "budget" / "run.json").read_text())
+    planned = info["planned_steps"]
+    assert budget.steps == planned > 10 and info["budget"]["step_s"] > 0
+    assert checkpoint.load(tmp_path / "budget" / "last.safetensors").progress["planned_steps"] == planned
+    assert f"max_steps: {planned}" in (tmp_path / "budget" / "config.yaml").read_text()
+    fixed = train(tiny_config(**{**settings, "train.max_minutes": 0, "train.max_steps": planned}), tiny_corpus,
+                  tmp_path / "fixed", show_progress=False, echo=quiet)
+    a = checkpoint.load(tmp_path / "budget" / "last.safetensors")
+    b = checkpoint.load(tmp_path / "fixed" / "last.safetensors")
+    assert np.array_equal(a.params.flat, b.params.flat) and fixed.best_val_loss == budget.best_val_loss
+
+
+def test_a_budgeted_run_stopped_and_resumed_ends_as_the_step_limited_run(tiny_corpus, tmp_path):
+    import os
+    import signal
+
+    from charlstm.train import TrainingInterrupted, resume
+
+    def stop_at_step_20(line):
+        if line.startswith("step 20:"):
+            os.kill(os.getpid(), signal.SIGINT)  # the run stops after this step, as on Ctrl-C
+
+    run = tmp_path / "run"
+    settings = {"train.max_minutes": 0.02, "train.eval_every": 20, "train.sample_length": 0,
+                "train.checkpoint_every": 20}
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_config(**settings), tiny_corpus, run, show_progress=False, echo=stop_at_step_20)
+    planned = json.loads((run / "run.json").read_text())["planned_steps"]
+    assert planned > 20 and checkpoint.load(run / "last.safetensors").progress["step"] == 20
+    assert resume(run, show_progress=False, echo=quiet).steps == planned
+    fixed = tmp_path / "fixed"
+    train(tiny_config(**{**settings, "train.max_minutes": 0, "train.max_steps": planned}), tiny_corpus, fixed,
+          show_progress=False, echo=quiet)
+    assert np.array_equal(checkpoint.load(run / "last.safetensors").params.flat,
+                          checkpoint.load(fixed / "last.safetensors").params.flat)
