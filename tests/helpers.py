@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.config import load_config
+from charlstm.data import Vocab
 from charlstm.lstm import layer_backward, layer_forward, prepare_layer
 from charlstm.model import init_params
 from charlstm.rundir import read_metrics
@@ -66,6 +67,17 @@ def one_error_line(capsys) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]
+
+
+SAMPLING_VOCAB = Vocab("\n abcdefgh")
+
+
+def sampling_model(scale: float):
+    """A 2x12 model with a learned initial state over SAMPLING_VOCAB, its weights
+    shaken by `scale` so that its distributions are far from uniform."""
+    p = init_params(SAMPLING_VOCAB.size, 12, 2, 1.0, np.random.default_rng(0), learned_state=True)
+    p.flat += np.random.default_rng(1).normal(scale=scale, size=p.flat.shape).astype(np.float32)
+    return p
 
 
 def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64):

@@ -4,19 +4,17 @@ import numpy as np
 import pytest
 
 from charlstm.beam import beam_search
-from charlstm.data import Vocab
 from charlstm.errors import CharlstmError
-from charlstm.model import init_params, initial_state, logits
+from charlstm.model import initial_state, logits
 from charlstm.sample import generate
+from helpers import SAMPLING_VOCAB, sampling_model
 
-VOCAB = Vocab("\n abcdefgh")
+VOCAB = SAMPLING_VOCAB
 
 
 @pytest.fixture
 def params():
-    p = init_params(VOCAB.size, 12, 2, 1.0, np.random.default_rng(0), learned_state=True)
-    p.flat += np.random.default_rng(1).normal(scale=0.5, size=p.flat.shape).astype(np.float32)
-    return p
+    return sampling_model(0.5)
 
 
 def log_prob(params, prime, text):
