@@ -11,6 +11,7 @@ one validation pass is timed, because evaluations share the budget.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ def plan_steps(config: Config, data: Corpus, ts, train_step, comm: SingleProcess
         step_started = time.perf_counter()
         train_step(trial, grads, data.streams, config, decay_views, comm)
         times.append(time.perf_counter() - step_started)
-    step_s = sorted(times[MEASURE_STEPS // 2:])[len(times[MEASURE_STEPS // 2:]) // 2]  # median of the settled half
+    settled = times[MEASURE_STEPS // 2:]
+    step_s = sum(settled) / len(settled)  # the mean, not the median: the run pays for its slow steps too
     eval_started = time.perf_counter()
     evaluate(trial.params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len, train_cfg.eval_warmup, comm)
     eval_s = time.perf_counter() - eval_started
@@ -56,3 +58,17 @@ def plan_steps(config: Config, data: Corpus, ts, train_step, comm: SingleProcess
     left_s = max(0.0, train_cfg.max_minutes * 60.0 - measured_s)
     per_step_s = step_s + eval_s / train_cfg.eval_every
     return Plan(max(1, int(left_s / per_step_s)), step_s, eval_s, measured_s)
+
+
+def plan_budget(config: Config, data: Corpus, ts, train_step, echo, comm: SingleProcess) -> tuple[Config, object, dict]:
+    """train.max_minutes -> train.max_steps: the config to train and write to the run
+    directory (it holds the planned steps, so a resume continues the same plan), `ts`
+    with the schedule's length set, and what run.json records of the plan."""
+    plan = plan_steps(config, data, ts, train_step, comm)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=plan.steps))
+    ts.schedule_steps = plan.steps
+    echo(f"time budget {config.train.max_minutes:g} min: {plan.step_s * 1e3:.1f} ms per step and "
+         f"{plan.eval_s:.2f} s per evaluation measured; planned {plan.steps} steps")
+    return config, ts, {"planned_steps": plan.steps, "budget": {
+        "max_minutes": config.train.max_minutes, "step_s": plan.step_s, "eval_s": plan.eval_s,
+        "measured_s": plan.measured_s}}

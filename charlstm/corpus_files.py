@@ -12,6 +12,7 @@ covers every file's path and content (see `corpus_fingerprint`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .config import Config
 from .data import (MAX_CODE_POINT, Corpus, Vocab, _code_points, _decoded_chunks, check_corpus_size,
-                   file_sha256, make_streams, num_windows)
+                   file_sha256, load_corpus, make_streams, num_windows)
 from .errors import CharlstmError
 
 FILE_SEPARATOR = "\n\n"
@@ -151,3 +152,21 @@ def load_corpus_files(inputs: list[Path], config: Config) -> tuple[Corpus, list[
     streams = make_streams(train_ids, config.train.batch_size)
     corpus = Corpus(label, vocab, num_chars, train_ids, val_ids, streams, num_windows(streams, config.train.seq_len))
     return corpus, files, skipped
+
+
+def load_training_corpus(corpus: Path | Sequence[Path], config: Config, echo) -> tuple[Corpus, dict]:
+    """The corpus `charlstm train` was given, and what run.json records of it. One file
+    is read once (data.load_corpus: the sha256 is of the bytes trained on); a folder or
+    several files as above."""
+    inputs = [Path(corpus)] if isinstance(corpus, (str, Path)) else [Path(c) for c in corpus]
+    if len(inputs) == 1 and not inputs[0].is_dir():
+        data = load_corpus(inputs[0], config)  # one read: the sha256 is of the very bytes trained on
+        return data, {"corpus": str(inputs[0].resolve()), "corpus_sha256": data.sha256}
+    data, files, skipped = load_corpus_files(inputs, config)
+    if skipped:
+        echo(f"skipped {len(skipped)} file(s) that are not text in {config.data.encoding} (data.skip_bad_files)")
+    return data, {"corpus": str(inputs[0].resolve()), "corpus_inputs": [str(i.resolve()) for i in inputs],
+                  "corpus_sha256": corpus_fingerprint(files),
+                  "corpus_files": [{"path": str(f.path.resolve()), "sha256": f.sha256, "chars": f.chars}
+                                   for f in files],
+                  "skipped_files": skipped}

@@ -22,8 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__, checkpoint
+from .budget import plan_budget
 from .config import Config, check_resumable
-from .data import Corpus, get_window, load_corpus, num_windows
+from .corpus_files import load_training_corpus
+from .data import Corpus, get_window, num_windows
 from .errors import CharlstmError
 from .evaluate import evaluate
 from .files import existing_file
@@ -133,7 +135,7 @@ def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force
             ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
             planned = {}
             if config.train.max_minutes:
-                config, ts, planned = plan_budget(config, data, ts, echo, comm)
+                config, ts, planned = plan_budget(config, data, ts, train_step, echo, comm)
         with comm.together():
             if comm.is_root:  # rank 0 alone writes, so it alone holds the lock (runlock.py)
                 held.enter_context(RunLock(run_dir, create=True))
@@ -151,43 +153,6 @@ def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force
              f"{config.model.num_layers}x{config.model.hidden_size}, {ts.params.flat.size:,} parameters; "
              f"{data.windows_per_epoch} windows per epoch; run directory {run_dir}")
         return run_training(config, data, ts, run_dir, run_info, show_progress, echo, status_every_s, comm)
-
-
-def load_training_corpus(corpus: Path | Sequence[Path], config: Config, echo) -> tuple[Corpus, dict]:
-    """The corpus and what run.json records of it. One file is read as always; a folder
-    or several files go through corpus_files (sorted, joined, split per file)."""
-    from .corpus_files import corpus_fingerprint, load_corpus_files
-
-    inputs = [Path(corpus)] if isinstance(corpus, (str, Path)) else [Path(c) for c in corpus]
-    if len(inputs) == 1 and not inputs[0].is_dir():
-        data = load_corpus(inputs[0], config)  # one read: the sha256 is of the very bytes trained on
-        return data, {"corpus": str(inputs[0].resolve()), "corpus_sha256": data.sha256}
-    data, files, skipped = load_corpus_files(inputs, config)
-    if skipped:
-        echo(f"skipped {len(skipped)} file(s) that are not text in {config.data.encoding} (data.skip_bad_files)")
-    return data, {"corpus": str(inputs[0].resolve()), "corpus_inputs": [str(i.resolve()) for i in inputs],
-                  "corpus_sha256": corpus_fingerprint(files),
-                  "corpus_files": [{"path": str(f.path.resolve()), "sha256": f.sha256, "chars": f.chars}
-                                   for f in files],
-                  "skipped_files": skipped}
-
-
-def plan_budget(config: Config, data: Corpus, ts: TrainingState, echo,
-                comm: SingleProcess) -> tuple[Config, TrainingState, dict]:
-    """train.max_minutes -> train.max_steps (see budget.py); the config written to the
-    run directory holds the planned steps, so a resume continues the same plan."""
-    import dataclasses
-
-    from .budget import plan_steps
-
-    plan = plan_steps(config, data, ts, train_step, comm)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=plan.steps))
-    ts.schedule_steps = plan.steps
-    echo(f"time budget {config.train.max_minutes:g} min: {plan.step_s * 1e3:.1f} ms per step and "
-         f"{plan.eval_s:.2f} s per evaluation measured; planned {plan.steps} steps")
-    return config, ts, {"planned_steps": plan.steps, "budget": {
-        "max_minutes": config.train.max_minutes, "step_s": plan.step_s, "eval_s": plan.eval_s,
-        "measured_s": plan.measured_s}}
 
 
 def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | Sequence[Path] | None = None, *,
@@ -354,8 +319,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                         f"try a lower train.lr (now {train_cfg.lr:g}) or train.grad_clip") from None
                 ts.since_log.add(loss, time.perf_counter() - step_started)
                 smoothed_loss = loss if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * loss
-                bar.set_postfix_str(f"loss {smoothed_loss:.3f} lr {lr:.2e} "
-                                    f"{ts.since_log.chars_per_s(chars_per_step):,.0f} char/s", refresh=False)
+                speed = ts.since_log.chars_per_s(chars_per_step)  # before a log record starts a new window
+                bar.set_postfix_str(f"loss {smoothed_loss:.3f} lr {lr:.2e} {speed:,.0f} char/s", refresh=False)
                 bar.update(1)
 
                 evaluation = {}
@@ -413,7 +378,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                     # piped output has no progress bar: a plain line now and then instead
                     last_status = time.perf_counter()
                     echo(f"step {ts.step}/{train_cfg.max_steps}: train loss {smoothed_loss:.4f}, lr {lr:.2e}, "
-                         f"{ts.since_log.chars_per_s(chars_per_step):,.0f} char/s, "
+                         f"{speed:,.0f} char/s, "
                          f"{last_status - clock:.0f} s elapsed")
                 if stopping and ts.step < train_cfg.max_steps:  # at the end: complete, not interrupted
                     finish("interrupted")

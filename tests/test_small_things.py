@@ -20,6 +20,7 @@ def test_a_run_without_a_progress_bar_prints_plain_status_lines(tiny_corpus, tmp
           echo=lines.append, status_every_s=1e-9)
     status = [line for line in lines if line.startswith("step ") and "/20: train loss" in line]
     assert len(status) >= 15 and all("char/s" in line and "s elapsed" in line for line in status)
+    assert not any(", 0 char/s" in line for line in status)  # not even right after a metrics record
     quiet = []
     train(tiny_config(**{"train.sample_length": 0}), tiny_corpus, tmp_path / "quiet", show_progress=False,
           echo=quiet.append)
