@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,9 +209,17 @@ def blas_env(jobs: int, cores: int | None = None) -> dict[str, str]:
     return {**os.environ, **{name: threads for name in BLAS_THREAD_VARIABLES}}
 
 
-def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[str], None]) -> bool:
+# The exit codes of a run stopped by SIGINT, SIGTERM or SIGHUP (train.TrainingInterrupted).
+STOPPED_EXIT_CODES = (130, 143, 129)
+
+
+def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[str], None],
+            stopping: threading.Event) -> bool:
     """Train, resume or skip one run; its output goes to RUN_DIR/train.log. True if it
-    finished or diverged, False if it failed or was stopped."""
+    finished or diverged, False if it failed or was stopped. A run that was stopped by a
+    signal sets `stopping`, and no run starts after that."""
+    if stopping.is_set():
+        return False
     status = run_status(run.run_dir)
     if status in DONE_STATUSES:
         say(f"{run.name}: {status} earlier, skipped")
@@ -222,6 +230,8 @@ def execute(run: PlannedRun, sweep: Sweep, env: dict[str, str], say: Callable[[s
     with open(run.run_dir / "train.log", "a", encoding="utf-8") as log:
         result = subprocess.run(train_command(run, sweep, status), stdout=log, stderr=subprocess.STDOUT,
                                 env=env, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode in STOPPED_EXIT_CODES:
+        stopping.set()
     if result.returncode != 0:
         outcome = "diverged" if run_status(run.run_dir) == "diverged" else f"failed (exit {result.returncode})"
         say(f"{run.name}: {outcome}: {last_error(run.run_dir / 'train.log')}")
@@ -276,10 +286,17 @@ def run_sweep(sweep_path: Path, jobs: int = 1, say: Callable[[str], None] = prin
         if run_status(run.run_dir) != "new":
             check_same_config(run)
 
+    stopping = threading.Event()
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = [pool.submit(execute, run, sweep, env, say_locked) for run in planned]
+        futures = [pool.submit(execute, run, sweep, env, say_locked, stopping) for run in planned]
+        # Waiting in short slices: Ctrl-C may be delivered to a worker thread (blocked in
+        # waitpid), and the main thread runs Python's handler only once it wakes up.
+        while wait(futures, timeout=0.2).not_done:
+            pass
         finished = [future.result() for future in futures]
+        if stopping.is_set():  # a run was stopped by a signal, which reached this process too
+            raise KeyboardInterrupt
     finally:
         # After Ctrl-C, start nothing new; the running children got the signal too and
         # stop with their checkpoints intact, so a rerun resumes them.

@@ -244,6 +244,27 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_it_exactly(tmp_path, tiny_co
                           checkpoint.load(uninterrupted / "lr=0.003" / "last.safetensors").params.flat)
 
 
+def test_a_run_stopped_by_a_signal_of_its_own_stops_the_sweep(tmp_path, tiny_corpus):
+    """SIGTERM to the running child alone (not to the sweep): it stops with its checkpoint,
+    and the sweep starts nothing more and says it was interrupted."""
+    long_runs = {**TINY_SHARED, "train.max_steps": 1500, "train.checkpoint_every": 5,
+                 "train.eval_every": 500, "train.log_every": 50}
+    path = write_sweep(tmp_path, tiny_corpus, set=long_runs)
+    process = subprocess.Popen([sys.executable, "-m", "charlstm.cli", "sweep", str(path), "--jobs", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first, second = tmp_path / "sweep-out" / "lr=0.003", tmp_path / "sweep-out" / "lr=0.03"
+    deadline = time.monotonic() + 60
+    while not (first / "last.safetensors").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    child = json.loads((first / "run.json").read_text())["pid"]
+    os.kill(child, signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted"
+    assert "lr=0.003: failed (exit 143)" in out
+    assert not second.exists()
+
+
 def test_a_diverged_run_is_a_result_and_is_not_rerun(tmp_path, tiny_corpus, capsys):
     path = write_sweep(tmp_path, tiny_corpus, grid={"train.lr": [0.03]})
     run = plan(read_sweep(path))[0]
