@@ -38,6 +38,12 @@ def bundled_corpus() -> Path:
         return Path(__file__).resolve().parent.parent / "data" / BUNDLED_CORPUS
 
 
+def threads_option(function):
+    return click.option("--threads", type=click.IntRange(min=1),
+                        help="CPU threads for the matrix products [default: train.threads; "
+                             "0 there means the cores other processes leave free].")(function)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 def cli():
@@ -57,10 +63,14 @@ def cli():
                    "(--set may raise train.max_steps).")
 @click.option("--force", is_flag=True, help="Overwrite an existing run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none unless stderr is a terminal).")
-def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
+@threads_option
+def train(corpus, config_path, overrides, out, resume_dir, force, quiet, threads):
     """Train on CORPUS (a text file; default: the bundled corpus), or resume a run."""
     from .runlock import default_run_dir
     from .train import resume, train as run_training
+
+    if threads is not None:  # the same as --set train.threads=N
+        overrides = (*overrides, f"train.threads={threads}")
 
     # A bar redrawn with carriage returns only makes sense on a terminal; piped to a
     # log file, the evaluation lines are the progress.
@@ -93,12 +103,14 @@ def train(corpus, config_path, overrides, out, resume_dir, force, quiet):
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 @click.option("--num-samples", default=1, show_default=True, type=int,
               help="Independent samples, generated together as one batch.")
-def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_samples):
+@threads_option
+def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_samples, threads):
     """Generate text from a checkpoint, streaming it to stdout (several samples are
     printed one after another once all are done, each under a header line)."""
     from .sample import generate
 
     ckpt = checkpoint.load(ckpt_path)
+    configure_runtime(ckpt, threads)
     steps = generate(ckpt.params, ckpt.vocab, length, prime=prime, temperature=temperature,
                      top_k=top_k, argmax=argmax, rng=np.random.default_rng(seed),
                      num_samples=num_samples)
@@ -127,13 +139,15 @@ def sample(ckpt_path, length, temperature, top_k, prime, seed, argmax, num_sampl
               help="Characters read before each segment for context, not scored "
                    "[default: the checkpoint's train.eval_warmup, 256 unless set].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate_command(ckpt_path, file, streams, warmup, as_json):
+@threads_option
+def evaluate_command(ckpt_path, file, streams, warmup, as_json, threads):
     """Mean loss of a checkpoint over every character of FILE, each stream starting
     from the model's initial state; the result does not depend on the batch size the
     model was trained with."""
     from .evaluate import evaluate
 
     ckpt = checkpoint.load(ckpt_path)
+    configure_runtime(ckpt, threads)
     ids = read_corpus_with_vocab(file, ckpt.config.data.encoding, ckpt.vocab)
     if len(ids) < 2:
         raise CharlstmError(f"{file} needs at least two characters to evaluate")
@@ -247,6 +261,14 @@ def sweep(sweep_file, jobs, out):
     from .sweep import run_sweep
 
     run_sweep(sweep_file, jobs, say=click.echo, out=out)
+
+
+def configure_runtime(ckpt, threads: int | None) -> None:
+    """The kernel set and threads of the checkpoint's config (see charlstm/runtime.py),
+    with --threads first."""
+    from .runtime import configure
+
+    configure(ckpt.config.train.kernels, threads or ckpt.config.train.threads)
 
 
 def main(argv=None) -> int:

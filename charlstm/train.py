@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, runtime
 from .config import Config, check_resumable
 from .data import Corpus, get_window, load_corpus, num_windows
 from .errors import CharlstmError
@@ -228,6 +228,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
                dynamic_ncols=True, mininterval=0.5, unit="step")
     try:
+        run_info["runtime"] = runtime.configure(train_cfg.kernels, train_cfg.threads).describe()
+        echo(f"computing with {run_info['runtime']}")
         with StopSignals() as stop:
             while ts.step < train_cfg.max_steps:
                 step_started = time.perf_counter()
