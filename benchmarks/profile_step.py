@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--kernels", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="0: as train.threads 0 chooses")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the main thread's CPU time, not the wall clock (with --threads 1, "
+                             "a profile that other processes on the machine barely disturb)")
     args = parser.parse_args()
     chosen = runtime.configure(args.kernels, args.threads)
     config = load_config(None, [f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
@@ -85,24 +88,25 @@ def main() -> None:
     decay_views = [ts.params[n] for n in ts.params.names() if ".W_" in n]
     for _ in range(2):
         train_step(ts, grads, streams, config, decay_views)
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    profiler = cProfile.Profile(clock)
+    started = clock()
     profiler.enable()
     for _ in range(args.steps):
         train_step(ts, grads, streams, config, decay_views)
     profiler.disable()
-    total = (time.perf_counter() - started) / args.steps
+    total = (clock() - started) / args.steps
     phases = {name: seconds / args.steps for name, seconds in phase_seconds(pstats.Stats(profiler)).items()}
     val_ids = rng.integers(0, VOCAB_SIZE, args.batch * args.seq_len + 1)
     evaluate(ts.params, val_ids, args.batch, args.seq_len)
-    started = time.perf_counter()
+    started = clock()
     evaluate(ts.params, val_ids, args.batch, args.seq_len)
-    evaluation = time.perf_counter() - started
+    evaluation = clock() - started
 
     chars = args.batch * args.seq_len
     label = f"L={args.layers} H={args.hidden} B={args.batch} T={args.seq_len} dropout {args.dropout:g}"
     print(f"{label}, {chosen.describe()}: {total * 1e3:.1f} ms/step, {chars / total:,.0f} chars/s "
-          f"(under cProfile, mean of {args.steps} steps)")
+          f"(under cProfile, mean of {args.steps} steps{', main-thread CPU time' if args.cpu_time else ''})")
     print("| phase                     |      ms | share |")
     print("|---------------------------|--------:|------:|")
     for name, seconds in phases.items():

@@ -145,13 +145,17 @@ def _forward_ids(table, ids, recurrent, gates, c_prev, c, tanh_c, h):
     table, recurrent, gates, c_prev, c, tanh_c, h = (_rows(table), _rows(recurrent), _rows(gates),
                                                      _rows(c_prev), _rows(c), _rows(tanh_c), _rows(h))
     half = gates.dtype.type(0.5)
+    # The gather first, on its own: a gather inside the cell's loop keeps the whole loop
+    # from vectorising (measured 4.5x slower at H=256, B=32). Then the cell in place:
+    # reading and writing the same element of one array does not stop vectorising.
+    for row in range(4 * hidden):
+        for n in range(batch):
+            gates[row, n] = table[row, ids[n]] + recurrent[row, n]
     for j in range(hidden):
         for n in range(batch):
-            k = ids[n]
             i, f, g, o, c[j, n], tanh_c[j, n], h[j, n] = _cell(
-                table[j, k] + recurrent[j, n], table[hidden + j, k] + recurrent[hidden + j, n],
-                table[2 * hidden + j, k] + recurrent[2 * hidden + j, n],
-                table[3 * hidden + j, k] + recurrent[3 * hidden + j, n], c_prev[j, n], half)
+                gates[j, n], gates[hidden + j, n], gates[2 * hidden + j, n], gates[3 * hidden + j, n],
+                c_prev[j, n], half)
             gates[j, n], gates[hidden + j, n], gates[2 * hidden + j, n], gates[3 * hidden + j, n] = i, f, g, o
 
 
