@@ -115,7 +115,8 @@ def corpus_chars(row: Row) -> int:
 
 def worker_charlstm_train(row: Row, corpus: Path) -> dict:
     from charlstm.config import load_config
-    from charlstm.train import read_metrics, train
+    from charlstm.rundir import read_metrics
+    from charlstm.train import train
 
     never = 10 ** 9
     sets = {"model.num_layers": row.layers, "model.hidden_size": row.hidden, "model.dropout": row.dropout,
@@ -127,7 +128,7 @@ def worker_charlstm_train(row: Row, corpus: Path) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         messages = []
         train(config, corpus, Path(run_dir) / "run", show_progress=False, echo=messages.append)
-        records = {r["step"]: r for r in read_metrics(Path(run_dir) / "run" / "metrics.jsonl")}
+        records = {r["step"]: r for r in read_metrics(Path(run_dir) / "run")}
     seconds = records[WARMUP_STEPS + row.steps]["elapsed_s"] - records[WARMUP_STEPS]["elapsed_s"]
     runtime = next(m for m in messages if m.startswith("computing with")).removeprefix("computing with ")
     return {"chars_per_s": row.steps * row.chars_per_step / seconds, "runtime": runtime}

@@ -23,6 +23,7 @@ the environment (as `charlstm sweep --jobs` sets them) count as an explicit N.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import time
@@ -89,7 +90,9 @@ class Workers:
                 task()
             return
         groups = [tasks[k::self.threads] for k in range(self.threads)]
-        futures = [self._pool.submit(_run_all, group) for group in groups[1:] if group]
+        # each pool thread runs in a copy of the caller's context: NumPy's errstate
+        # (e.g. the CLI's np.errstate) lives in a context variable, not in the thread
+        futures = [self._pool.submit(contextvars.copy_context().run, _run_all, group) for group in groups[1:] if group]
         _run_all(groups[0])
         for future in futures:
             future.result()

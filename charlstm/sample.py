@@ -84,8 +84,8 @@ class SamplingStep:
         num_samples, hidden = h0.shape[1], params.hidden_size
         self.layers = prepare_layers(params)
         self.cell = kernels.current()
-        self.h = np.ascontiguousarray(h0.transpose(0, 2, 1))  # (L, H, N)
-        self.c = np.ascontiguousarray(c0.transpose(0, 2, 1))
+        self.h = np.array(h0.transpose(0, 2, 1), order="C")  # (L, H, N), a copy even at N=1:
+        self.c = np.array(c0.transpose(0, 2, 1), order="C")   # the steps write into it
         self.c_next = np.empty_like(self.c)  # the cell writes here, then the two swap
         self.head_weight = np.ascontiguousarray(params["head.W_y"].T)  # (V, H)
         self.head_bias = params["head.b_y"][:, None].copy()

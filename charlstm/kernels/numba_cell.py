@@ -63,8 +63,10 @@ def _tanh_overload(x):
     clamp = _CLAMP
 
     def rational_tanh(x):
-        x = x if x < clamp else clamp  # selects, not min/max: those branch on NaN
-        x = x if x > -clamp else -clamp
+        # selects, not min/max (those branch on NaN); written so that NaN stays NaN and
+        # a diverging run is seen as diverged
+        x = clamp if x >= clamp else x
+        x = -clamp if x <= -clamp else x
         x2 = x * x
         p = x2 * a13 + a11
         p = x2 * p + a9
