@@ -98,9 +98,9 @@ def main() -> None:
     total = (clock() - started) / args.steps
     phases = {name: seconds / args.steps for name, seconds in phase_seconds(pstats.Stats(profiler)).items()}
     val_ids = rng.integers(0, VOCAB_SIZE, args.batch * args.seq_len + 1)
-    evaluate(ts.params, val_ids, args.batch, args.seq_len)
+    evaluate(ts.params, val_ids, args.batch, args.seq_len, 0)
     started = clock()
-    evaluate(ts.params, val_ids, args.batch, args.seq_len)
+    evaluate(ts.params, val_ids, args.batch, args.seq_len, 0)
     evaluation = clock() - started
 
     chars = args.batch * args.seq_len
