@@ -41,7 +41,7 @@ def bundled_corpus() -> Path:
 def threads_option(function):
     return click.option("--threads", type=click.IntRange(min=1),
                         help="CPU threads for the matrix products [default: train.threads; "
-                             "0 there means the cores other processes leave free].")(function)
+                             "0 there means the usable cores].")(function)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,21 +26,16 @@ This module arranges the same math for speed (docs/design.md has the measurement
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import numpy as np
 
-from . import kernels, runtime
+from . import kernels
 
 # Up to this vocabulary size the one-hot product beats sorting ids for the
 # scatter-add of dW_x. Measured on 2 cores, float32, 2048 rows x 1024 columns:
 # V=256 6 ms vs 14 ms, V=512 20 ms vs 14 ms, V=2000 79 ms vs 18 ms.
 ONEHOT_SCATTER_MAX_VOCAB = 384
-
-# The time loops run on blocks of the batch at least this wide: narrower blocks
-# make the per-step products too thin to run fast (BLAS on one core: 64 GFLOP/s at
-# 16 columns, 50 at 8, measured for H=256 and 512).
-MIN_BATCH_BLOCK = 16
 
 
 @lru_cache(maxsize=32)
@@ -157,7 +152,7 @@ def input_projection(layer: PreparedLayer, x: np.ndarray, buffers: LayerBuffers)
     time, _, batch = x.shape
     weights = layer.input_scaled
     out = buffers.z_columns = _reuse(buffers.z_columns, (weights.shape[1], time * batch), weights.dtype)
-    runtime.workers().matmul(weights.T, columns(x), out)  # (4H, T*B); BLAS reads the transpose in place
+    np.matmul(weights.T, columns(x), out=out)  # (4H, T*B); BLAS reads the transpose in place
     out += layer.bias_scaled[:, None]
     return out.reshape(-1, time, batch).transpose(1, 0, 2)
 
@@ -165,10 +160,7 @@ def input_projection(layer: PreparedLayer, x: np.ndarray, buffers: LayerBuffers)
 def layer_forward(layer: PreparedLayer, x: np.ndarray, h0: np.ndarray, c0: np.ndarray,
                   buffers: LayerBuffers | None = None) -> LSTMCache:
     """One layer over a window: x (T, D, B) or ids (T, B); h0, c0 (H, B). The last
-    step's state is cache.h[-1], cache.c[-1]; the outputs are cache.h[1:].
-
-    The streams of the batch never meet inside the layer, so the time loop runs on
-    blocks of the batch (runtime.Workers.blocks), each all T steps on its own thread."""
+    step's state is cache.h[-1], cache.c[-1]; the outputs are cache.h[1:]."""
     cell = kernels.current()
     buffers = buffers or LayerBuffers()
     takes_ids = layer.input_table is not None
@@ -181,20 +173,12 @@ def layer_forward(layer: PreparedLayer, x: np.ndarray, h0: np.ndarray, c0: np.nd
     h, c, tanh_c = buffers.h, buffers.c, buffers.tanh_c
     h[0], c[0] = h0, c0
     recurrent = np.empty((4 * hidden, batch), dtype=dtype)
-
-    def steps(cols: slice) -> None:
-        h_, c_, tanh_c_, gates_, recurrent_ = h[:, :, cols], c[:, :, cols], tanh_c[:, :, cols], gates[:, :, cols], recurrent[:, cols]
-        inputs = x[:, cols] if takes_ids else z[:, :, cols]
-        for t in range(time):
-            np.matmul(layer.recurrent_T, h_[t], out=recurrent_)
-            if takes_ids:
-                cell.cell_forward_ids(layer.input_table, inputs[t], recurrent_, gates_[t], c_[t], c_[t + 1],
-                                      tanh_c_[t], h_[t + 1])
-            else:
-                cell.cell_forward(inputs[t], recurrent_, gates_[t], c_[t], c_[t + 1], tanh_c_[t], h_[t + 1])
-
-    workers = runtime.workers()
-    workers.run([partial(steps, cols) for cols in workers.blocks(batch, MIN_BATCH_BLOCK)])
+    for t in range(time):
+        np.matmul(layer.recurrent_T, h[t], out=recurrent)
+        if takes_ids:
+            cell.cell_forward_ids(layer.input_table, x[t], recurrent, gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
+        else:
+            cell.cell_forward(z[t], recurrent, gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
     return LSTMCache(x=x, gates=gates, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -214,9 +198,8 @@ def layer_backward(layer: PreparedLayer, cache: LSTMCache, d_outputs: np.ndarray
 def recurrence_backward(layer: PreparedLayer, cache: LSTMCache, d_outputs: np.ndarray,
                         d_h_last: np.ndarray | None, d_c_last: np.ndarray | None,
                         buffers: LayerBuffers | None = None):
-    """Backward through the time loop, on the forward's blocks of the batch: dZ as
-    columns, (4H, T*B) with column t*B + n for step t and stream n (ready for the
-    weight-gradient products), and (d_h0, d_c0)."""
+    """Backward through the time loop: dZ as columns, (4H, T*B) with column t*B + n for
+    step t and stream n (ready for the weight-gradient products), and (d_h0, d_c0)."""
     cell = kernels.current()
     gates, c, tanh_c = cache.gates, cache.c, cache.tanh_c
     time, four_hidden, batch = gates.shape
@@ -228,19 +211,12 @@ def recurrence_backward(layer: PreparedLayer, cache: LSTMCache, d_outputs: np.nd
     d_z_columns = buffers.d_z = _reuse(buffers.d_z, (four_hidden, time, batch), dtype)
     d_h_carry = np.zeros((hidden, batch), dtype=dtype) if d_h_last is None else np.array(d_h_last, dtype, order="C")
     d_c = np.zeros((hidden, batch), dtype=dtype) if d_c_last is None else np.array(d_c_last, dtype, order="C")
-
-    def steps(cols: slice) -> None:
-        gates_, c_, tanh_c_, d_outputs_ = gates[:, :, cols], c[:, :, cols], tanh_c[:, :, cols], d_outputs[:, :, cols]
-        d_z_, d_h_carry_, d_c_ = d_z_columns[:, :, cols], d_h_carry[:, cols], d_c[:, cols]
-        for t in range(time - 1, -1, -1):
-            # dz_t goes straight into its columns, a (4H, B) view with contiguous rows
-            # that BLAS reads in place: no per-step copy, no transpose of dZ afterwards
-            d_z_t = d_z_[:, t]
-            cell.cell_backward(gates_[t], c_[t], tanh_c_[t], d_outputs_[t], d_h_carry_, d_c_, d_z_t)
-            np.matmul(layer.W_h, d_z_t, out=d_h_carry_)
-
-    workers = runtime.workers()
-    workers.run([partial(steps, cols) for cols in workers.blocks(batch, MIN_BATCH_BLOCK)])
+    for t in range(time - 1, -1, -1):
+        # dz_t goes straight into its columns, a (4H, B) view with contiguous rows that
+        # BLAS reads in place: no per-step copy, no transpose of dZ afterwards
+        d_z_t = d_z_columns[:, t]
+        cell.cell_backward(gates[t], c[t], tanh_c[t], d_outputs[t], d_h_carry, d_c, d_z_t)
+        np.matmul(layer.W_h, d_z_t, out=d_h_carry)
     return d_z_columns.reshape(four_hidden, time * batch), d_h_carry, d_c
 
 
@@ -248,22 +224,19 @@ def weight_gradients(layer: PreparedLayer, cache: LSTMCache, d_z_columns: np.nda
                      grads: tuple[np.ndarray, np.ndarray, np.ndarray], need_d_x: bool):
     """dW_x, dW_h, db (written into `grads`) as single products over all T*B columns
     of dZ (4H, T*B), and d_x for dense inputs when `need_d_x` (else None): a (T, D, B)
-    view of one (D, 4H) @ (4H, T*B) product. Each product runs in blocks of its rows."""
-    workers = runtime.workers()
+    view of one (D, 4H) @ (4H, T*B) product."""
     dW_x, dW_h, db = grads
-    workers.matmul(columns(cache.h[:-1]), d_z_columns.T, dW_h)
-    workers.run([lambda rows=rows: np.sum(d_z_columns[rows], axis=1, out=db[rows])
-                 for rows in workers.blocks(len(db), 16)])
+    np.matmul(columns(cache.h[:-1]), d_z_columns.T, out=dW_h)
+    np.sum(d_z_columns, axis=1, out=db)
     if np.issubdtype(cache.x.dtype, np.integer):
         dW_x[...] = 0
         scatter_add_rows(dW_x, cache.x.ravel(), d_z_columns.T)
         return None
-    workers.matmul(columns(cache.x), d_z_columns.T, dW_x)
+    np.matmul(columns(cache.x), d_z_columns.T, out=dW_x)
     if not need_d_x:
         return None
     time, _, batch = cache.x.shape
-    d_x = workers.matmul(layer.W_x, d_z_columns, np.empty((layer.W_x.shape[0], time * batch), d_z_columns.dtype))
-    return d_x.reshape(-1, time, batch).transpose(1, 0, 2)
+    return np.matmul(layer.W_x, d_z_columns).reshape(-1, time, batch).transpose(1, 0, 2)
 
 
 def scatter_add_rows(out: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> None:
@@ -276,7 +249,7 @@ def scatter_add_rows(out: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> None
     if vocab_size <= ONEHOT_SCATTER_MAX_VOCAB:
         onehot = np.zeros((vocab_size, len(ids)), dtype=rows.dtype)
         onehot[ids, np.arange(len(ids))] = 1
-        out += runtime.workers().matmul(onehot, rows, np.empty_like(out))
+        out += onehot @ rows
         return
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]

@@ -232,7 +232,6 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
         echo(f"computing with {run_info['runtime']}")
         with StopSignals() as stop:
             while ts.step < train_cfg.max_steps:
-                runtime.workers().adapt()  # auto threads: fewer while a neighbour holds a core
                 step_started = time.perf_counter()
                 try:
                     loss, grad_norm, lr = train_step(ts, grads, data.streams, config, decay_views)

