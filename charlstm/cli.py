@@ -52,6 +52,12 @@ class WholeHelpGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+def threads_option(function):
+    return click.option("--threads", type=click.IntRange(min=1),
+                        help="CPU threads for the matrix products [default: train.threads; "
+                             "0 there means the usable cores].")(function)
+
+
 @click.group(cls=WholeHelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="charlstm")
 def cli():
@@ -81,10 +87,15 @@ STATUS_EVERY_S = 30.0
 @click.option("--force", is_flag=True, help="Overwrite an existing run in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar or status lines (a bar shows only when stderr "
                                             "is a terminal, else a status line every 30 s).")
-def train(corpus, config_path, overrides, out, resume_dir, from_checkpoint, new_schedule, force, quiet):
+@threads_option
+def train(corpus, config_path, overrides, out, resume_dir, from_checkpoint, new_schedule, force, quiet,
+          threads):
     """Train on CORPUS (text files or folders; default: the bundled corpus), or resume a run."""
     from .runlock import default_run_dir
     from .train import resume, train as run_training
+
+    if threads is not None:  # the same as --set train.threads=N
+        overrides = (*overrides, f"train.threads={threads}")
 
     # A bar redrawn with carriage returns only makes sense on a terminal; piped to a
     # log file, the evaluation lines are the progress.
@@ -137,9 +148,10 @@ def train(corpus, config_path, overrides, out, resume_dir, from_checkpoint, new_
               help="Independent samples, generated together as one batch.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: the settings, and each sample's text, length and log-probability.")
+@threads_option
 @click.pass_context
 def sample(ctx, ckpt_path, length, temperature, top_k, top_p, beam, stop, prime, prime_file, seed, argmax,
-           num_samples, as_json):
+           num_samples, as_json, threads):
     """Generate text from a checkpoint, streaming it to stdout (several samples are
     printed one after another once all are done, each under a header line)."""
     from .sample_command import SampleOptions, run
@@ -147,7 +159,8 @@ def sample(ctx, ckpt_path, length, temperature, top_k, top_p, beam, stop, prime,
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     options = SampleOptions(length, temperature, top_k, top_p, argmax, beam, tuple(stop), seed, num_samples)
-    run(ckpt_path, prime, prime_file, options, given, as_json, sys.stdout)
+    run(ckpt_path, prime, prime_file, options, given, as_json, sys.stdout,
+        configure=lambda ckpt: configure_runtime(ckpt, threads))
 
 
 @cli.command("eval", short_help="Mean loss of a checkpoint on a text file (nats and bits/char).")
@@ -161,13 +174,15 @@ def sample(ctx, ckpt_path, length, temperature, top_k, top_p, beam, stop, prime,
               help="Characters read before each segment for context, not scored "
                    "[default: the checkpoint's train.eval_warmup, 256 unless set].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate_command(ckpt_path, file, streams, warmup, as_json):
+@threads_option
+def evaluate_command(ckpt_path, file, streams, warmup, as_json, threads):
     """Mean loss of a checkpoint over every character of FILE, each stream starting
     from the model's initial state; the result does not depend on the batch size the
     model was trained with."""
     from .evaluate import evaluate
 
     ckpt = checkpoint.load(ckpt_path)
+    configure_runtime(ckpt, threads)
     ids = read_corpus_with_vocab(file, ckpt.config.data.encoding, ckpt.vocab)
     if len(ids) < 2:
         raise CharlstmError(f"{file} needs at least two characters to evaluate")
@@ -281,6 +296,14 @@ def sweep(sweep_file, jobs, out):
     from .sweep import run_sweep
 
     run_sweep(sweep_file, jobs, say=click.echo, out=out)
+
+
+def configure_runtime(ckpt, threads: int | None) -> None:
+    """The kernel set and threads of the checkpoint's config (see charlstm/runtime.py),
+    with --threads first."""
+    from .runtime import configure
+
+    configure(ckpt.config.train.kernels, threads or ckpt.config.train.threads)
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ import yaml
 from .errors import CharlstmError
 from .files import existing_file
 from .parsing import ParseError, load_yaml
+from .kernels import names as kernel_set_names
 
 
 class ConfigError(CharlstmError):
@@ -109,6 +110,8 @@ class TrainConfig:
     patience: int = _key(0, _at_least(0))
     min_delta: float = _key(0.0, _at_least(0.0))
     max_minutes: float = _key(0.0, _at_least(0.0))
+    kernels: str = _key("auto", _one_of(*kernel_set_names()))
+    threads: int = _key(0, _at_least(0))
 
 
 @dataclass(frozen=True)
@@ -331,13 +334,14 @@ def config_yaml(config: Config) -> str:
 
 # ---- the resume policy: which keys a resumed run may change ----
 
-# Keys a resume may change: they decide how long to train and what to report, not
-# what the model, the data or any step already planned computes (the learning-rate
-# schedule keeps the length it started with; see state.TrainingState.schedule_steps).
+# Keys a resume may change: they decide how long to train, what to report and how
+# this machine computes (kernel sets agree to float32 rounding), not what the model,
+# the data or any step already planned computes (the learning-rate schedule keeps
+# the length it started with; see state.TrainingState.schedule_steps).
 RESUMABLE_KEYS = ("train.max_steps", "train.eval_every", "train.checkpoint_every",
                   "train.sample_every", "train.sample_length", "train.log_every",
                   "train.eval_streams", "train.eval_warmup", "train.patience", "train.min_delta",
-                  "train.max_minutes")
+                  "train.max_minutes", "train.kernels", "train.threads")
 
 
 def check_resumable(before: Config, after: Config, run_dir: Path) -> None:

@@ -108,7 +108,7 @@ class LayerBuffers:
     """
 
     def __init__(self):
-        self.z_columns = self.z = self.gates = self.h = self.c = self.tanh_c = self.d_z = None
+        self.z_columns = self.gates = self.h = self.c = self.tanh_c = self.d_z = None
 
     def window(self, time: int, hidden: int, batch: int, dtype) -> LayerBuffers:
         """Make the forward's arrays fit a (T, ., B) window of this layer."""
@@ -143,19 +143,12 @@ def columns(array: np.ndarray) -> np.ndarray:
 
 
 def input_projection(layer: PreparedLayer, x: np.ndarray, buffers: LayerBuffers) -> np.ndarray:
-    """x_t @ W_x + b (scaled) for all T steps at once, (T, 4H, B) feature-major.
-
-    `x` is (T, D, B) dense, or (T, B) ids gathered from the input table (no one-hot
-    matrix is ever built). For dense inputs the result is a strided view of one
-    (4H, D) @ (D, T*B) product (one large product runs faster than T small ones and
-    than transposing its result); the time loop reads it step by step.
+    """x_t @ W_x + b (scaled) for all T steps of dense inputs x (T, D, B) at once,
+    (T, 4H, B) feature-major: a strided view of one (4H, D) @ (D, T*B) product (one
+    large product runs faster than T small ones and than transposing its result); the
+    time loop reads it step by step. (Ids are gathered inside the time loop instead,
+    by the kernel set's cell_forward_ids: no one-hot matrix and no (T, 4H, B) array.)
     """
-    if layer.input_table is not None:
-        table = layer.input_table
-        out = buffers.z = _reuse(buffers.z, (x.shape[0], table.shape[0], x.shape[1]), table.dtype)
-        for t in range(x.shape[0]):  # per step: measured faster than one gather + transpose
-            np.take(table, x[t], axis=1, out=out[t])
-        return out
     time, _, batch = x.shape
     weights = layer.input_scaled
     out = buffers.z_columns = _reuse(buffers.z_columns, (weights.shape[1], time * batch), weights.dtype)
@@ -170,22 +163,22 @@ def layer_forward(layer: PreparedLayer, x: np.ndarray, h0: np.ndarray, c0: np.nd
     step's state is cache.h[-1], cache.c[-1]; the outputs are cache.h[1:]."""
     cell = kernels.current()
     buffers = buffers or LayerBuffers()
-    z = input_projection(layer, x, buffers)
-    time, four_hidden, batch = z.shape
-    hidden = four_hidden // 4
-    buffers.window(time, hidden, batch, z.dtype)
-    if z.flags.c_contiguous:  # the gathered projection becomes the gates in place
-        gates = z
-    else:
-        gates = buffers.gates = _reuse(buffers.gates, z.shape, z.dtype)
+    takes_ids = layer.input_table is not None
+    z = None if takes_ids else input_projection(layer, x, buffers)
+    time, batch = x.shape[0], x.shape[-1]
+    hidden = layer.hidden_size
+    dtype = layer.W_h.dtype
+    buffers.window(time, hidden, batch, dtype)
+    gates = buffers.gates = _reuse(buffers.gates, (time, 4 * hidden, batch), dtype)
     h, c, tanh_c = buffers.h, buffers.c, buffers.tanh_c
     h[0], c[0] = h0, c0
-    recurrent = np.empty((four_hidden, batch), dtype=z.dtype)
-    scratch = np.empty((hidden, batch), dtype=z.dtype)
+    recurrent = np.empty((4 * hidden, batch), dtype=dtype)
     for t in range(time):
         np.matmul(layer.recurrent_T, h[t], out=recurrent)
-        np.add(z[t], recurrent, out=gates[t])
-        cell.cell_forward(gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1], scratch)
+        if takes_ids:
+            cell.cell_forward_ids(layer.input_table, x[t], recurrent, gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
+        else:
+            cell.cell_forward(z[t], recurrent, gates[t], c[t], c[t + 1], tanh_c[t], h[t + 1])
     return LSTMCache(x=x, gates=gates, c=c, tanh_c=tanh_c, h=h)
 
 
@@ -213,16 +206,17 @@ def recurrence_backward(layer: PreparedLayer, cache: LSTMCache, d_outputs: np.nd
     hidden = four_hidden // 4
     dtype = gates.dtype
     buffers = buffers or LayerBuffers()
+    if d_outputs.strides[-1] != d_outputs.itemsize:  # the kernels take (H, B) blocks with contiguous rows
+        d_outputs = np.ascontiguousarray(d_outputs)
     d_z_columns = buffers.d_z = _reuse(buffers.d_z, (four_hidden, time, batch), dtype)
-    d_z_t = np.empty((four_hidden, batch), dtype=dtype)
-    d_h = np.empty((hidden, batch), dtype=dtype)
-    d_h_carry = np.zeros((hidden, batch), dtype=dtype) if d_h_last is None else d_h_last.astype(dtype)
-    d_c = np.zeros((hidden, batch), dtype=dtype) if d_c_last is None else d_c_last.astype(dtype)
+    d_h_carry = np.zeros((hidden, batch), dtype=dtype) if d_h_last is None else np.array(d_h_last, dtype, order="C")
+    d_c = np.zeros((hidden, batch), dtype=dtype) if d_c_last is None else np.array(d_c_last, dtype, order="C")
     for t in range(time - 1, -1, -1):
-        np.add(d_outputs[t], d_h_carry, out=d_h)
-        cell.cell_backward(gates[t], c[t], tanh_c[t], d_h, d_c, d_z_t)
+        # dz_t goes straight into its columns, a (4H, B) view with contiguous rows that
+        # BLAS reads in place: no per-step copy, no transpose of dZ afterwards
+        d_z_t = d_z_columns[:, t]
+        cell.cell_backward(gates[t], c[t], tanh_c[t], d_outputs[t], d_h_carry, d_c, d_z_t)
         np.matmul(layer.W_h, d_z_t, out=d_h_carry)
-        d_z_columns[:, t] = d_z_t  # one strided copy beats transposing all of dZ afterwards
     return d_z_columns.reshape(four_hidden, time * batch), d_h_carry, d_c
 
 

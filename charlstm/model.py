@@ -184,24 +184,31 @@ class ModelCache:
     prepared: list[PreparedLayer]           # the weights the forward stepped
     dropout_masks: list[np.ndarray | None]  # per layer output, (T, H, B) scaled by 1/(1-p)
     head_input: np.ndarray                  # (H, T*B) top outputs after dropout, as columns
-    probs: np.ndarray                       # (T*B, V) softmax
+    probs: np.ndarray | None                # (T*B, V) softmax, if the window is one head chunk
     targets: np.ndarray                     # (T*B,)
     weights: np.ndarray | None              # (T*B,) mask / count, or None for a plain mean
     count: float
 
 
-def _dropout_mask(rng: np.random.Generator, time: int, hidden: int, batch: int, rate: float, dtype,
-                  shard: tuple[int, int] | None = None) -> np.ndarray:
-    """Feature-major (T, H, B) mask. The random numbers are drawn in (T, B, H) order, as
-    before the layers went feature-major, so a seed gives the same masks as it did.
-    shard (first, total): these B streams are streams [first, first + B) of `total`;
-    the masks of all `total` are drawn and these kept, so that a stream's mask does
-    not depend on how the streams are split over processes (see parallel.py)."""
+def dropout_forward(x: np.ndarray, rate: float, rng: np.random.Generator,
+                    shard: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout of a feature-major (T, H, B) layer output: returns (x * mask,
+    mask), the mask holding 0 or 1/(1-rate). The random numbers are drawn in (T, B, H)
+    order, as before the layers went feature-major, so a seed gives the same masks as
+    it did. shard (first, total): these B streams are streams [first, first + B) of
+    `total`; the masks of all `total` are drawn and these kept, so that a stream's mask
+    does not depend on how the streams are split over processes (see parallel.py)."""
+    time, hidden, batch = x.shape
     first, total = shard or (0, batch)
     keep = rng.random((time, total, hidden), dtype=np.float32)[:, first:first + batch] >= rate
-    mask = np.empty((time, hidden, batch), dtype=dtype)
-    np.multiply(keep.transpose(0, 2, 1), dtype.type(1.0 / (1.0 - rate)), out=mask)
-    return mask
+    mask = np.empty((time, hidden, batch), dtype=x.dtype)
+    np.multiply(keep.transpose(0, 2, 1), x.dtype.type(1.0 / (1.0 - rate)), out=mask)
+    return x * mask, mask
+
+
+def dropout_backward(d_x: np.ndarray, mask: np.ndarray) -> None:
+    """The gradient through `dropout_forward`, in place."""
+    d_x *= mask
 
 
 def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout: float = 0.0,
@@ -211,7 +218,7 @@ def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout
 
     Returns (top outputs feature-major (T, H, B) after dropout, the final state (h, c)
     each (L, B, H), the layer caches, the dropout masks). dropout > 0 needs `rng`;
-    shard as in `_dropout_mask`.
+    shard as in `dropout_forward`.
     """
     h0, c0 = (a.transpose(0, 2, 1) for a in state)  # (L, H, B) views
     num_layers, hidden = len(prepared), prepared[0].hidden_size
@@ -225,14 +232,75 @@ def run_layers(prepared: list[PreparedLayer], inputs: np.ndarray, state, dropout
         cache = layer_forward(prepared[layer], x, h0[layer], c0[layer], layer_buffers[layer])
         layer_caches.append(cache)
         final_h[layer], final_c[layer] = cache.h[-1], cache.c[-1]
-        x = cache.h[1:]
-        keep = _dropout_mask(rng, x.shape[0], hidden, x.shape[2], dropout, x.dtype, shard) if dropout > 0.0 else None
-        if keep is not None:
-            x = x * keep
+        x, keep = dropout_forward(cache.h[1:], dropout, rng, shard) if dropout > 0.0 else (cache.h[1:], None)
         dropout_masks.append(keep)
     final_state = (np.ascontiguousarray(final_h.transpose(0, 2, 1)),
                    np.ascontiguousarray(final_c.transpose(0, 2, 1)))
     return x, final_state, layer_caches, dropout_masks
+
+
+# The head's logits are made HEAD_CHUNK_ELEMENTS at a time (64 MB in float32): a
+# window's (T*B, V) logits at V = 51,000 would take 2 GB at once. A window that fits
+# in one chunk keeps its softmax for the backward; a larger one recomputes it there.
+HEAD_CHUNK_ELEMENTS = 1 << 24
+
+
+def head_chunks(num_rows: int, vocab_size: int) -> list[slice]:
+    """Consecutive row ranges of a (T*B, V) window, each at most HEAD_CHUNK_ELEMENTS."""
+    rows = max(1, HEAD_CHUNK_ELEMENTS // vocab_size)
+    return [slice(start, min(start + rows, num_rows)) for start in range(0, num_rows, rows)]
+
+
+def head_softmax(params: Params, head_input: np.ndarray, rows: slice, targets: np.ndarray):
+    """Softmax over the vocabulary for columns `rows` of the head input (H, T*B), as
+    (n, V) rows: one (n, H) @ (H, V) product that BLAS reads transposed in place, so
+    no (V, T*B) -> (T*B, V) transpose is ever made. Returns (probs, nll) where nll
+    (n,) is -log of each target's probability."""
+    logits = head_input[:, rows].T @ params["head.W_y"]
+    logits += params["head.b_y"]
+    logits -= logits.max(axis=1, keepdims=True)  # stable: exp of at most 0
+    target_logits = logits[np.arange(len(targets)), targets]
+    probs = np.exp(logits, out=logits)
+    row_sums = probs.sum(axis=1)
+    nll = np.log(row_sums) - target_logits
+    probs /= row_sums[:, None]
+    return probs, nll
+
+
+def head_loss(params: Params, head_input: np.ndarray, targets: np.ndarray):
+    """-log p(target) for every column of the head input (H, T*B), chunk by chunk;
+    returns (nll (T*B,), the (T*B, V) softmax if the window was one chunk, else None)."""
+    nll = np.empty(len(targets), dtype=head_input.dtype)
+    chunks = head_chunks(len(targets), params.vocab_size)
+    for rows in chunks:
+        probs, nll[rows] = head_softmax(params, head_input, rows, targets[rows])
+    return nll, probs if len(chunks) == 1 else None
+
+
+def head_backward(params: Params, cache: ModelCache, grads: Params) -> np.ndarray:
+    """The gradient of the mean loss through softmax and head: fills head.W_y and
+    head.b_y in `grads`; returns the gradient at the head input, (H, T*B)."""
+    W_y, dW_y, db_y = params["head.W_y"], grads["head.W_y"], grads["head.b_y"]
+    d_input = np.empty_like(cache.head_input)
+    for index, rows in enumerate(head_chunks(len(cache.targets), params.vocab_size)):
+        targets = cache.targets[rows]
+        if cache.probs is not None:
+            d_logits = cache.probs.copy()
+        else:
+            d_logits, _ = head_softmax(params, cache.head_input, rows, targets)
+        d_logits[np.arange(len(targets)), targets] -= 1.0  # softmax minus one-hot
+        if cache.weights is None:
+            d_logits *= d_logits.dtype.type(1.0 / cache.count)
+        else:
+            d_logits *= cache.weights[rows, None]
+        if index == 0:
+            np.matmul(cache.head_input[:, rows], d_logits, out=dW_y)
+            np.sum(d_logits, axis=0, out=db_y)
+        else:
+            dW_y += cache.head_input[:, rows] @ d_logits
+            db_y += d_logits.sum(axis=0)
+        np.matmul(W_y, d_logits.T, out=d_input[:, rows])
+    return d_input
 
 
 def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
@@ -245,24 +313,15 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
     `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
     buffers: optional ModelBuffers reused from step to step (the cache then lives in
     them until the next call with the same buffers). shard: (first, total) when these
-    streams are some of the training streams (see `_dropout_mask`).
+    streams are some of the training streams (see `dropout_forward`).
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
     prepared = prepare_layers(params)
     top, final_state, layer_caches, dropout_masks = run_layers(prepared, inputs, state, dropout, rng, buffers, shard)
-    # The head runs on columns: one (V, H) @ (H, T*B) product, then (T*B, V) rows.
     head_input = columns(top)
-    logits = np.ascontiguousarray((np.ascontiguousarray(params["head.W_y"].T) @ head_input).T)
-    logits += params["head.b_y"]
     flat_targets = targets.reshape(-1)
-    # Stable log-softmax: subtract the row max before exp.
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    row_sums = probs.sum(axis=1)
-    rows = np.arange(len(flat_targets))
-    nll = np.log(row_sums) - logits[rows, flat_targets]
-    probs /= row_sums[:, None]
+    nll, probs = head_loss(params, head_input, flat_targets)
     if mask is None:
         count, weights = float(len(flat_targets)), None
         loss = float(nll.sum(dtype=np.float64) / count)
@@ -282,17 +341,9 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
     optionally adds gradient at the final state (used by the gradient check); buffers
     as in `forward`. started: (B,) booleans, the streams whose start state was the
     learned initial state (see `reset_streams`); None means none."""
-    d_logits = cache.probs.copy()
-    d_logits[np.arange(len(cache.targets)), cache.targets] -= 1.0
-    if cache.weights is None:
-        d_logits *= d_logits.dtype.type(1.0 / cache.count)
-    else:
-        d_logits *= cache.weights[:, None]
-    np.matmul(cache.head_input, d_logits, out=grads["head.W_y"])
-    np.sum(d_logits, axis=0, out=grads["head.b_y"])
     time, hidden, batch = cache.layers[-1].tanh_c.shape
-    # (H, T*B) columns, seen as a feature-major (T, H, B) view for the layers
-    d_x = (params["head.W_y"] @ d_logits.T).reshape(hidden, time, batch).transpose(1, 0, 2)
+    d_top = head_backward(params, cache, grads)  # (H, T*B) columns, seen as (T, H, B) below
+    d_x = d_top.reshape(hidden, time, batch).transpose(1, 0, 2)
 
     num_layers = params.num_layers
     layer_buffers = (buffers or ModelBuffers()).for_layers(num_layers)
@@ -300,7 +351,7 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
     d_c0 = np.empty_like(d_h0)
     for layer in range(num_layers - 1, -1, -1):
         if cache.dropout_masks[layer] is not None:
-            d_x *= cache.dropout_masks[layer]
+            dropout_backward(d_x, cache.dropout_masks[layer])
         d_h_last = d_c_last = None
         if d_state is not None:
             d_h_last, d_c_last = d_state[0][layer].T, d_state[1][layer].T

@@ -137,29 +137,33 @@ class SamplingStep:
         num_samples, hidden = h0.shape[1], params.hidden_size
         self.layers = prepare_layers(params)
         self.cell = kernels.current()
-        self.h = np.ascontiguousarray(h0.transpose(0, 2, 1))  # (L, H, N)
-        self.c = np.ascontiguousarray(c0.transpose(0, 2, 1))
+        self.h = np.array(h0.transpose(0, 2, 1), order="C")  # (L, H, N), a copy even at N=1:
+        self.c = np.array(c0.transpose(0, 2, 1), order="C")   # the steps write into it
+        self.c_next = np.empty_like(self.c)  # the cell writes here, then the two swap
         self.head_weight = np.ascontiguousarray(params["head.W_y"].T)  # (V, H)
         self.head_bias = params["head.b_y"][:, None].copy()
-        self.gates = np.empty((4 * hidden, num_samples), dtype=dtype)
-        self.recurrent = np.empty_like(self.gates)
+        self.z = np.empty((4 * hidden, num_samples), dtype=dtype)
+        self.gates = np.empty_like(self.z)
+        self.recurrent = np.empty_like(self.z)
         self.tanh_c = np.empty((hidden, num_samples), dtype=dtype)
-        self.scratch = np.empty_like(self.tanh_c)
         self.logits = np.empty((params.vocab_size, num_samples), dtype=dtype)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """Feed one id per stream, (N,); return the next-character logits, (V, N)."""
-        gates, recurrent = self.gates, self.recurrent
+        z, recurrent = self.z, self.recurrent
         for index, layer in enumerate(self.layers):
-            # the input projection first, then the recurrent product: training's order
+            # as in training: the input projection, the recurrent product, then the cell
+            # (separate inputs and outputs: a compiled kernel vectorises only without overlap)
+            state = (self.gates, self.c[index], self.c_next[index], self.tanh_c, self.h[index])
             if index == 0:
-                np.take(layer.input_table, ids, axis=1, out=gates)
-            else:
-                np.matmul(layer.input_scaled.T, self.h[index - 1], out=gates)
-                gates += layer.bias_scaled[:, None]
+                np.matmul(layer.recurrent_T, self.h[index], out=recurrent)
+                self.cell.cell_forward_ids(layer.input_table, ids, recurrent, *state)
+                continue
+            np.matmul(layer.input_scaled.T, self.h[index - 1], out=z)
+            z += layer.bias_scaled[:, None]
             np.matmul(layer.recurrent_T, self.h[index], out=recurrent)
-            gates += recurrent
-            self.cell.cell_forward(gates, self.c[index], self.c[index], self.tanh_c, self.h[index], self.scratch)
+            self.cell.cell_forward(z, recurrent, *state)
+        self.c, self.c_next = self.c_next, self.c
         np.matmul(self.head_weight, self.h[-1], out=self.logits)
         self.logits += self.head_bias
         return self.logits

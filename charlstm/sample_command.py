@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -170,7 +171,8 @@ def json_report(ckpt_path: Path, prime: str, prime_file: Path | None, options: S
 
 
 def run(ckpt_path: Path, prime: str, prime_file: Path | None, options: SampleOptions, given: set[str],
-        as_json: bool, out: TextIO) -> None:
+        as_json: bool, out: TextIO, configure: Callable[[checkpoint.Checkpoint], None] = lambda ckpt: None) -> None:
+    """`charlstm sample`; `configure` sets up the kernels and threads for the loaded checkpoint."""
     check_combination(options, given)
     if prime and prime_file:
         raise CharlstmError("pass --prime or --prime-file, not both")
@@ -178,6 +180,7 @@ def run(ckpt_path: Path, prime: str, prime_file: Path | None, options: SampleOpt
     options = SampleOptions(**{**asdict(options), "stop": stops})
     ckpt_path = resolve_checkpoint(ckpt_path)
     ckpt = checkpoint.load(ckpt_path)
+    configure(ckpt)
     if prime_file is not None:
         prime = read_prime_file(prime_file, ckpt.config.data.encoding)
         if not prime:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, runtime
 from .budget import plan_budget
 from .config import Config, check_resumable
 from .corpus_files import load_training_corpus
@@ -134,7 +134,8 @@ def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force
             data, corpus_info = load_training_corpus(corpus, config, echo)
             ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
             planned = {}
-            if config.train.max_minutes:
+            runtime.configure(config.train.kernels, config.train.threads)  # refused here, before the run directory
+            if config.train.max_minutes:  # measured as it will run
                 config, ts, planned = plan_budget(config, data, ts, train_step, echo, comm)
         with comm.together():
             if comm.is_root:  # rank 0 alone writes, so it alone holds the lock (runlock.py)
@@ -185,6 +186,7 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | Sequence
                 held.enter_context(RunLock(run_dir))
             data, corpus_info, ts, run_info, ckpt, last_path, config = _read_resumable(
                 run_dir, overrides, corpus, comm, echo, from_checkpoint, new_schedule)
+            runtime.configure(config.train.kernels, config.train.threads)
         with comm.together():
             if comm.is_root:
                 check_run_files(run_dir)
@@ -307,6 +309,8 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
                dynamic_ncols=True, mininterval=0.5, unit="step")
     try:
+        run_info["runtime"] = runtime.configure(train_cfg.kernels, train_cfg.threads).describe()
+        echo(f"computing with {run_info['runtime']}")
         with StopSignals() as stop:
             while ts.step < train_cfg.max_steps:
                 step_started = time.perf_counter()

@@ -4,7 +4,40 @@ from pathlib import Path
 
 import pytest
 
+from charlstm import kernels
 from helpers import tiny_args, write_tiny_corpus
+
+
+def _numba_missing() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+# Every kernel set, for tests that must hold for each; a set that cannot run here is
+# skipped with the reason shown in pytest's summary (-rs).
+KERNEL_SETS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param("numba", id="numba", marks=pytest.mark.skipif(
+        _numba_missing(), reason="numba is not installed: pip install -e '.[fast]' tests the compiled set")),
+]
+
+
+@pytest.fixture(params=KERNEL_SETS)
+def kernel_set(request):
+    """Run the test with each kernel set selected in turn."""
+    with kernels.using(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def restore_kernel_set():
+    """Training and the CLI select a kernel set for the whole process; put back the
+    one a test started with, so tests do not depend on their order."""
+    with kernels.using(kernels.current().name):
+        yield
 
 
 @pytest.fixture

@@ -25,8 +25,10 @@ pytestmark = pytest.mark.skipif(
 # float32 summation order: the 2-rank gradient is (g0 + g1) / 2 in one rounding, one
 # process sums the same terms in BLAS order; 30-40 steps amplify those roundings.
 # Measured: relative to the largest entry (carried c reaches 14), weights, Adam's
-# moments and carried state differ by at most about 1e-6; losses by about 1e-8.
-RELATIVE_TOLERANCE = 1e-5
+# moments and carried state differ by at most about 1e-6 with the NumPy kernels and
+# 1.6e-5 with the compiled ones (train.kernels auto, numba installed: its cell rounds
+# differently for a rank's 4 streams than for all 8); losses by about 1e-8.
+RELATIVE_TOLERANCE = 5e-5
 LOSS_TOLERANCE = 1e-6
 
 RUN = {"model.hidden_size": 16, "train.batch_size": 8, "train.seq_len": 16, "train.max_steps": 30,

@@ -5,8 +5,9 @@ set owns the pointwise work of one time step, the part that NumPy runs as one uf
 per operation. Every set provides the same two functions with the same in-place
 contract, documented on the readable NumPy set (numpy_cell.py):
 
-    cell_forward(gates, c_prev, c, tanh_c, h, scratch)
-    cell_backward(gates, c_prev, tanh_c, d_h, d_c, d_z)
+    cell_forward(z, recurrent, gates, c_prev, c, tanh_c, h)
+    cell_forward_ids(table, ids, recurrent, gates, c_prev, c, tanh_c, h)
+    cell_backward(gates, c_prev, tanh_c, d_out, d_h_carry, d_c, d_z)
 
 The model, the training loop, evaluation and sampling never name a set: they call
 `current()`. The set is chosen here and only here (`use`), so a compiled set or a
@@ -27,17 +28,23 @@ from ..errors import CharlstmError
 class KernelSet:
     name: str
     cell_forward: Callable
+    cell_forward_ids: Callable
     cell_backward: Callable
 
 
 def _numpy() -> KernelSet:
     from . import numpy_cell
-    return KernelSet("numpy", numpy_cell.cell_forward, numpy_cell.cell_backward)
+    return KernelSet("numpy", numpy_cell.cell_forward, numpy_cell.cell_forward_ids, numpy_cell.cell_backward)
+
+
+def _numba() -> KernelSet:
+    from . import numba_cell  # ImportError without numba (pip install "charlstm[fast]")
+    return KernelSet("numba", numba_cell.cell_forward, numba_cell.cell_forward_ids, numba_cell.cell_backward)
 
 
 # name -> loader; a loader raises ImportError when its set cannot run here. `auto`
-# takes the first set in this order that loads.
-_loaders: dict[str, Callable[[], KernelSet]] = {"numpy": _numpy}
+# takes the first set in this order that loads: the compiled set when numba is there.
+_loaders: dict[str, Callable[[], KernelSet]] = {"numba": _numba, "numpy": _numpy}
 _current: KernelSet = _numpy()
 
 
