@@ -3,6 +3,7 @@ through the model, sampling, the gradient check and a resumed run; the choice of
 and threads in one place (kernels.use, runtime.configure)."""
 
 import sys
+
 import numpy as np
 import pytest
 
