@@ -207,19 +207,28 @@ def test_library_refuses_zero_jobs(tmp_path, tiny_corpus):
         run_sweep(write_sweep(tmp_path, tiny_corpus), jobs=0)
 
 
-def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_it_exactly(tmp_path, tiny_corpus, capsys):
-    """Ctrl-C reaches the whole foreground process group: the running child stops with
-    its checkpoint intact and queued runs never start. The rerun resumes the stopped run
-    through `train --resume` and ends with the weights of an uninterrupted run."""
-    long_runs = {**TINY_SHARED, "train.max_steps": 1500, "train.checkpoint_every": 5,
-                 "train.eval_every": 500, "train.log_every": 50}
-    path = write_sweep(tmp_path, tiny_corpus, set=long_runs)
+LONG_RUNS = {**TINY_SHARED, "train.max_steps": 1500, "train.checkpoint_every": 5,
+             "train.eval_every": 500, "train.log_every": 50}
+
+
+def start_a_long_sweep(tmp_path, tiny_corpus):
+    """Two long runs, one at a time, in a subprocess of its own session; returns once the
+    first has written a checkpoint: (settings, sweep file, process, first, second)."""
+    path = write_sweep(tmp_path, tiny_corpus, set=LONG_RUNS)
     process = subprocess.Popen([sys.executable, "-m", "charlstm.cli", "sweep", str(path), "--jobs", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     first, second = tmp_path / "sweep-out" / "lr=0.003", tmp_path / "sweep-out" / "lr=0.03"
     deadline = time.monotonic() + 60
     while not (first / "last.safetensors").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
+    return LONG_RUNS, path, process, first, second
+
+
+def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_it_exactly(tmp_path, tiny_corpus, capsys):
+    """Ctrl-C reaches the whole foreground process group: the running child stops with
+    its checkpoint intact and queued runs never start. The rerun resumes the stopped run
+    through `train --resume` and ends with the weights of an uninterrupted run."""
+    long_runs, path, process, first, second = start_a_long_sweep(tmp_path, tiny_corpus)
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -247,15 +256,7 @@ def test_ctrl_c_stops_the_sweep_and_a_rerun_resumes_it_exactly(tmp_path, tiny_co
 def test_a_run_stopped_by_a_signal_of_its_own_stops_the_sweep(tmp_path, tiny_corpus):
     """SIGTERM to the running child alone (not to the sweep): it stops with its checkpoint,
     and the sweep starts nothing more and says it was interrupted."""
-    long_runs = {**TINY_SHARED, "train.max_steps": 1500, "train.checkpoint_every": 5,
-                 "train.eval_every": 500, "train.log_every": 50}
-    path = write_sweep(tmp_path, tiny_corpus, set=long_runs)
-    process = subprocess.Popen([sys.executable, "-m", "charlstm.cli", "sweep", str(path), "--jobs", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    first, second = tmp_path / "sweep-out" / "lr=0.003", tmp_path / "sweep-out" / "lr=0.03"
-    deadline = time.monotonic() + 60
-    while not (first / "last.safetensors").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
+    _, _, process, first, second = start_a_long_sweep(tmp_path, tiny_corpus)
     child = json.loads((first / "run.json").read_text())["pid"]
     os.kill(child, signal.SIGTERM)
     out, err = process.communicate(timeout=60)
