@@ -134,8 +134,10 @@ def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force
             data, corpus_info = load_training_corpus(corpus, config, echo)
             ts = TrainingState.fresh(config, data.vocab.size)  # before the run directory: it may not fit in memory
             planned = {}
-            runtime.configure(config.train.kernels, config.train.threads)  # refused here, before the run directory
-            if config.train.max_minutes:  # measured as it will run
+            # Set here: a thread count it cannot set is refused before the run directory,
+            # and a time budget is measured as the run will compute.
+            computing = runtime.configure(config.train.kernels, config.train.threads)
+            if config.train.max_minutes:
                 config, ts, planned = plan_budget(config, data, ts, train_step, echo, comm)
         with comm.together():
             if comm.is_root:  # rank 0 alone writes, so it alone holds the lock (runlock.py)
@@ -143,7 +145,7 @@ def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force
                 prepare_run_dir(run_dir, force)
                 write_config(run_dir, config)
         run_info = {
-            **corpus_info, **planned,
+            **corpus_info, **planned, "runtime": computing.describe(),
             "corpus_chars": data.num_chars, "train_chars": int(len(data.train_ids)),
             "val_chars": int(len(data.val_ids)), "vocab_size": data.vocab.size,
             "num_params": int(ts.params.flat.size), "windows_per_epoch": data.windows_per_epoch,
@@ -186,7 +188,7 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | Sequence
                 held.enter_context(RunLock(run_dir))
             data, corpus_info, ts, run_info, ckpt, last_path, config = _read_resumable(
                 run_dir, overrides, corpus, comm, echo, from_checkpoint, new_schedule)
-            runtime.configure(config.train.kernels, config.train.threads)
+            run_info["runtime"] = runtime.configure(config.train.kernels, config.train.threads).describe()
         with comm.together():
             if comm.is_root:
                 check_run_files(run_dir)
@@ -309,8 +311,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
     bar = tqdm(total=train_cfg.max_steps, initial=ts.step, disable=not show_progress,
                dynamic_ncols=True, mininterval=0.5, unit="step")
     try:
-        run_info["runtime"] = runtime.configure(train_cfg.kernels, train_cfg.threads).describe()
-        echo(f"computing with {run_info['runtime']}")
+        echo(f"computing with {run_info['runtime']}")  # set by train or resume
         with StopSignals() as stop:
             while ts.step < train_cfg.max_steps:
                 step_started = time.perf_counter()

@@ -80,6 +80,13 @@ def sampling_model(scale: float):
     return p
 
 
+def random_window(rng, vocab: int, layers: int, hidden: int, T: int, B: int, dtype=np.float64):
+    """Random (T, B) input ids and targets, and a random carried state (h, c), each (L, B, H)."""
+    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
+    state = tuple(rng.normal(scale=0.5, size=(layers, B, hidden)).astype(dtype) for _ in range(2))
+    return ids, targets, state
+
+
 def perturbed_model(rng, vocab=7, hidden=5, layers=2, dtype=np.float64):
     """Initialised weights moved by noise, so every bias is nonzero and the gates vary."""
     params = init_params(vocab, hidden, layers, 1.0, rng, dtype)

@@ -13,7 +13,7 @@ from charlstm.kernels import numpy_cell
 from charlstm.model import backward, forward
 from charlstm.sample import SamplingStep
 from charlstm.train import resume, train
-from helpers import numeric_gradient, perturbed_model, relative_error, tiny_config
+from helpers import numeric_gradient, perturbed_model, random_window, relative_error, tiny_config
 
 # float32: the compiled tanh is a rational approximation (numba_cell.py), within a
 # few float32 ulps of NumPy's; float64 keeps libm's tanh and NumPy's order of operations.
@@ -63,8 +63,7 @@ def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradient
     rng = np.random.default_rng(4)
     vocab, hidden, layers, T, B = 13, 24, 2, 9, 20
     params = perturbed_model(rng, vocab, hidden, layers).astype(dtype)
-    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
-    state = tuple(rng.normal(scale=0.5, size=(layers, B, hidden)).astype(dtype) for _ in range(2))
+    ids, targets, state = random_window(rng, vocab, layers, hidden, T, B, dtype)
 
     def loss_state_and_grads(name):
         with kernels.using(name):
@@ -85,8 +84,7 @@ def test_the_gradient_check_passes_with_each_set(kernel_set):
     rng = np.random.default_rng(6)
     vocab, hidden, layers, T, B = 6, 4, 2, 5, 3
     params = perturbed_model(rng, vocab, hidden, layers)
-    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
-    state = tuple(rng.normal(scale=0.5, size=(layers, B, hidden)) for _ in range(2))
+    ids, targets, state = random_window(rng, vocab, layers, hidden, T, B)
 
     def loss():
         return forward(params, ids, targets, state, dropout=0.3, rng=np.random.default_rng(7))[0]

@@ -6,7 +6,7 @@ import pytest
 
 from charlstm import reference
 from charlstm.model import backward, forward, init_params
-from helpers import numeric_gradient, perturbed_model as random_params, relative_error
+from helpers import numeric_gradient, perturbed_model as random_params, random_window, relative_error
 
 
 def test_step_backward_matches_finite_differences():
@@ -53,8 +53,7 @@ def test_fast_model_equals_the_reference_in_loss_state_and_every_gradient(dtype,
     rng = np.random.default_rng(2)
     vocab, hidden, layers, T, B = 9, 6, 3, 7, 4
     params = random_params(rng, vocab, hidden, layers).astype(dtype)
-    ids, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
-    state = tuple(rng.normal(scale=0.5, size=(layers, B, hidden)).astype(dtype) for _ in range(2))
+    ids, targets, state = random_window(rng, vocab, layers, hidden, T, B, dtype)
 
     loss, final_state, cache = forward(params, ids, targets, state, dropout=dropout, rng=np.random.default_rng(3))
     grads = params.zeros_like()
