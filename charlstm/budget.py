@@ -23,6 +23,10 @@ from .evaluate import evaluate
 from .parallel import SingleProcess
 
 MEASURE_STEPS = 10  # the first steps are slower (allocation, caches): the mean of the last half counts
+# Small models take a step in tens of milliseconds: steps are added until the
+# measurement spans about MEASURE_SECONDS (at most 1% of the budget), or a few lucky
+# steps plan a run that ends late.
+MEASURE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,21 @@ def plan_steps(config: Config, data: Corpus, ts, train_step, comm: SingleProcess
     grads = trial.params.zeros_like()
     decay_views = [trial.params[n] for n in trial.params.names() if ".W_" in n]
     times = []
-    for _ in range(MEASURE_STEPS):
-        step_started = time.perf_counter()
-        train_step(trial, grads, data.streams, config, decay_views, comm)
-        times.append(time.perf_counter() - step_started)
-    settled = times[MEASURE_STEPS // 2:]
+
+    def take_steps(count: int) -> None:
+        for _ in range(count):
+            step_started = time.perf_counter()
+            train_step(trial, grads, data.streams, config, decay_views, comm)
+            times.append(time.perf_counter() - step_started)
+
+    take_steps(MEASURE_STEPS)
+    # Every rank must take the same number of steps (each ends in a collective): the
+    # count of extra steps is agreed on, from the ranks' mean.
+    seconds_per_step = sum(times) / len(times)
+    measure_s = min(MEASURE_SECONDS, train_cfg.max_minutes * 60.0 / 100)
+    wanted = max(0.0, measure_s / seconds_per_step - MEASURE_STEPS)
+    take_steps(min(int(comm.sum(np.array([wanted]))[0] / comm.size), 10 * MEASURE_STEPS))
+    settled = times[len(times) // 2:]
     step_s = sum(settled) / len(settled)  # the mean, not the median: the run pays for its slow steps too
     eval_started = time.perf_counter()
     evaluate(trial.params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len, train_cfg.eval_warmup, comm)
