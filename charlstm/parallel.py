@@ -27,6 +27,7 @@ class SingleProcess:
     """One process training every stream: the collectives are identities."""
 
     rank, size = 0, 1
+    ranks_on_host = 1  # the processes sharing this machine's cores (runtime.configure)
 
     @property
     def is_root(self) -> bool:
@@ -80,6 +81,7 @@ class MPIRanks(SingleProcess):
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.ranks_on_host = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
 
     def sum_gradient(self, grads, loss):
         # 1/N is exact for N a power of two; otherwise it is one rounding per element.

@@ -12,8 +12,10 @@ Performance).
 The thread count is fixed for a run: OpenBLAS's results change with it by float32
 rounding, so a count that followed the machine's load would make a run's numbers,
 and a resumed run's, depend on what else ran. `train.threads: 0` (the default) takes
-the usable cores, or the BLAS_THREAD_VARIABLES of the environment where set (as
-`charlstm sweep --jobs` sets them); N > 0 takes N.
+the BLAS_THREAD_VARIABLES of the environment where set (as `charlstm sweep --jobs`
+sets them), else the usable cores shared out among the MPI ranks on this host (two
+ranks on two cores: one thread each, not two threads fighting over each core); N > 0
+takes N.
 
 A busy neighbour. OpenBLAS's threads meet at the end of every product and spin while
 they wait, so when another busy process holds a core every product waits for a
@@ -41,12 +43,12 @@ class Runtime:
         return f"kernels {self.kernels}, {self.threads} BLAS threads"
 
 
-def configure(kernel_set: str, threads: int) -> Runtime:
-    """Select the kernel set (`auto`, `numba`, `numpy`) and the threads (0: the usable
-    cores) for everything this process computes from now on."""
+def configure(kernel_set: str, threads: int, ranks_on_host: int = 1) -> Runtime:
+    """Select the kernel set (`auto`, `numba`, `numpy`) and the threads (0: this
+    process's share of the usable cores) for everything this process computes from now on."""
     chosen = kernels.use(kernel_set)
     asked = threads
-    threads = threads or _environment_threads() or usable_cores()
+    threads = threads or _environment_threads() or max(1, usable_cores() // ranks_on_host)
     try:
         set_blas_threads(threads)
     except ImportError:  # threadpoolctl comes with the fast extra

@@ -136,7 +136,7 @@ def train(config: Config, corpus: Path | Sequence[Path], run_dir: Path, *, force
             planned = {}
             # Set here: a thread count it cannot set is refused before the run directory,
             # and a time budget is measured as the run will compute.
-            computing = runtime.configure(config.train.kernels, config.train.threads)
+            computing = runtime.configure(config.train.kernels, config.train.threads, comm.ranks_on_host)
             if config.train.max_minutes:
                 config, ts, planned = plan_budget(config, data, ts, train_step, echo, comm)
         with comm.together():
@@ -188,7 +188,8 @@ def resume(run_dir: Path, overrides: Sequence[str] = (), corpus: Path | Sequence
                 held.enter_context(RunLock(run_dir))
             data, corpus_info, ts, run_info, ckpt, last_path, config = _read_resumable(
                 run_dir, overrides, corpus, comm, echo, from_checkpoint, new_schedule)
-            run_info["runtime"] = runtime.configure(config.train.kernels, config.train.threads).describe()
+            run_info["runtime"] = runtime.configure(config.train.kernels, config.train.threads,
+                                                      comm.ranks_on_host).describe()
         with comm.together():
             if comm.is_root:
                 check_run_files(run_dir)

@@ -185,3 +185,19 @@ def test_threads_without_threadpoolctl_are_refused_before_the_run_directory(tmp_
     assert "needs threadpoolctl" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
     assert main(["train", str(tiny_corpus), "--out", str(tmp_path / "plain"), *TINY_RUN]) == 0
+
+
+def test_the_default_thread_count_is_this_process_share_of_the_cores(monkeypatch):
+    pytest.importorskip("threadpoolctl", reason='threadpoolctl sets the BLAS threads (pip install "charlstm[fast]")')
+    for variable in runtime.BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
+    try:
+        assert runtime.configure("auto", 0).threads == 8
+        assert runtime.configure("auto", 0, ranks_on_host=2).threads == 4
+        assert runtime.configure("auto", 0, ranks_on_host=16).threads == 1
+        assert runtime.configure("auto", 3, ranks_on_host=2).threads == 3  # an explicit count stands
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert runtime.configure("auto", 0, ranks_on_host=4).threads == 2  # as sweep --jobs sets it
+    finally:
+        runtime.configure("auto", 1)

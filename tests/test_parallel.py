@@ -249,3 +249,19 @@ def test_without_mpiexec_nothing_of_mpi_is_imported(workdir):
     result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("threadpoolctl") is None,
+                    reason='threadpoolctl sets the BLAS threads (pip install "charlstm[fast]")')
+def test_ranks_share_the_cores_by_default(workdir):
+    """`train.threads: 0` under mpiexec: the usable cores are shared out among the ranks
+    on this host, so two ranks on two cores take one BLAS thread each."""
+    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "charlstm.cli", "train", "tiny.txt",
+               "--out", "run", "--quiet", "--set", "train.max_steps=2", "--set", "model.hidden_size=8",
+               "--set", "train.batch_size=4", "--set", "train.sample_length=0"]
+    env = {name: value for name, value in os.environ.items()
+           if name not in ONE_THREAD and not name.startswith(("PMI_", "OMPI_", "PMIX_"))}
+    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert json.loads((workdir / "run" / "run.json").read_text())["runtime"].endswith(f" {share} BLAS threads")
