@@ -24,7 +24,8 @@ matrix-product peak measured in a fresh process (best 2048^3 product) at the row
 thread count.
 
 "busy neighbour" rows run one other process spinning on a core while both are timed,
-each library at its default thread count (charlstm: train.threads 0; PyTorch: its own).
+each library at its default thread count (charlstm: train.threads 0; PyTorch: its own),
+or both at 1 thread (the "1T busy neighbour" row: `--threads 1`, as the README advises).
 
 Sampling: chars/s of `charlstm.sample.generate` (what `charlstm sample` runs) against a
 PyTorch loop (one `nn.LSTM` step, the head, softmax, `torch.multinomial`) at
@@ -70,7 +71,8 @@ class Row:
         if self.vocab != 65:
             text += f" V={self.vocab:,}"
         text += f" p={self.dropout:g}"
-        return text + (" busy neighbour" if self.neighbour else f" {self.threads}T")
+        threads = f" {self.threads}T" if self.threads else ""
+        return text + (f"{threads} busy neighbour" if self.neighbour else threads)
 
     @property
     def chars_per_step(self) -> int:
@@ -92,6 +94,7 @@ MODELS = [  # (layers, hidden, batch, seq_len, timed steps: about 5 s each)
 ROWS = [Row(L, H, B, T, dropout=p, threads=threads, steps=steps)
         for threads in (2, 1) for L, H, B, T, steps in MODELS for p in (0.0, 0.2)]
 ROWS += [Row(2, 256, 64, 64, threads=0, neighbour=True, steps=40),
+         Row(2, 256, 64, 64, threads=1, neighbour=True, steps=40),  # what the README advises there
          Row(1, 128, 32, 64, vocab=6000, steps=60)]
 SAMPLE_ROWS = [(2, 512, 1, 1500), (2, 512, 32, 300)]  # (layers, hidden, samples, length)
 
@@ -334,7 +337,8 @@ def fmt(value, spec: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=3, help="interleaved A B pairs per row [3]")
-    parser.add_argument("--only", default="", help="run the rows whose label matches this regular expression")
+    parser.add_argument("--only", default="", help="run the rows whose label matches this regular "
+                        "expression (a sampling row's label reads 'sampling L=2 H=512 N=1')")
     parser.add_argument("--quick", action="store_true", help="one pair, a fifth of the steps")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch columns")
     parser.add_argument("--no-sampling", action="store_true", help="skip the sampling table")
@@ -375,8 +379,10 @@ def main() -> int:
             train_rows.append((row, ours, theirs, peaks[row.threads or 2]))
             print("  " + train_line(*train_rows[-1]), flush=True)
     sample_rows = []
-    if not args.no_sampling and not args.only:
+    if not args.no_sampling:
         for layers, hidden, samples, length in SAMPLE_ROWS:
+            if args.only and not re.search(args.only, f"sampling L={layers} H={hidden} N={samples}"):
+                continue  # e.g. --only sampling: the sampling rows alone
             task = {"sample": [layers, hidden, samples, length // 5 if args.quick else length], "threads": 2}
             ours, theirs = [], []
             for _ in range(pairs):
