@@ -400,16 +400,16 @@ def train_line(row, ours, theirs, peak) -> str:
     ratio = median_ratio([r["chars_per_s"] for r in ours], [r["chars_per_s"] for r in theirs]) if theirs else None
     gflops = cps * row.train_flops_per_char() / 1e9
     others = max(r["others"] for r in ours + theirs)
-    return (f"| {row.label:<38} | {cps:>10,.0f} | {fmt(theirs_cps, ',.0f'):>10} | {fmt(ratio, '.2f'):>5} "
+    return (f"| {row.label:<41} | {cps:>10,.0f} | {fmt(theirs_cps, ',.0f'):>10} | {fmt(ratio, '.2f'):>5} "
             f"| {gflops:>7.1f} | {100 * gflops / peak:>5.0f}% | {others:>6.2f} | {ours[0]['runtime']:<21} |")
 
 
 def print_tables(train_rows, sample_rows) -> None:
     if train_rows:
         print()
-        print(f"| {'training loop, chars/s':<38} | {'charlstm':>10} | {'PyTorch':>10} | ratio | GFLOP/s "
+        print(f"| {'training loop, chars/s':<41} | {'charlstm':>10} | {'PyTorch':>10} | ratio | GFLOP/s "
               f"| % peak | others | {'charlstm ran with':<21} |")
-        print(f"|{'-' * 40}|{'-' * 11}:|{'-' * 11}:|------:|--------:|-------:|-------:|{'-' * 23}|")
+        print(f"|{'-' * 43}|{'-' * 11}:|{'-' * 11}:|------:|--------:|-------:|-------:|{'-' * 23}|")
         for row in train_rows:
             print(train_line(*row))
     if sample_rows:
