@@ -381,7 +381,8 @@ def main() -> int:
     sample_rows = []
     if not args.no_sampling:
         for layers, hidden, samples, length in SAMPLE_ROWS:
-            if args.only and not re.search(args.only, f"sampling L={layers} H={hidden} N={samples}"):
+            label = f"L={layers} H={hidden} N={samples}"
+            if args.only and not re.search(args.only, f"sampling {label}"):
                 continue  # e.g. --only sampling: the sampling rows alone
             task = {"sample": [layers, hidden, samples, length // 5 if args.quick else length], "threads": 2}
             ours, theirs = [], []
@@ -389,7 +390,7 @@ def main() -> int:
                 ours.append(run_worker({"kind": "charlstm-sample", **task}))
                 if torch_version:
                     theirs.append(run_worker({"kind": "torch-sample", **task}))
-            sample_rows.append((f"L={layers} H={hidden} N={samples}", ours, theirs))
+            sample_rows.append((label, ours, theirs))
     print_tables(train_rows, sample_rows)
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charlstm import checkpoint
+from charlstm import checkpoint, runtime
 from helpers import write_tiny_corpus
 
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -38,13 +38,16 @@ RUN = {"model.hidden_size": 16, "train.batch_size": 8, "train.seq_len": 16, "tra
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def charlstm(ranks: int, *args: str, cwd: Path, wait: bool = True, **sets):
-    """`charlstm ARGS` in `ranks` processes (one: no mpiexec at all)."""
+def charlstm(ranks: int, *args: str, cwd: Path, wait: bool = True, one_thread: bool = True, **sets):
+    """`charlstm ARGS` in `ranks` processes (one: no mpiexec at all), with one BLAS thread
+    each unless `one_thread` is False (then charlstm chooses)."""
     command = [sys.executable, "-m", "charlstm.cli", *args, "--quiet"]
     command += [arg for key, value in {**RUN, **sets}.items() for arg in ("--set", f"{key}={value}")]
     if ranks > 1:
         command = [str(MPIEXEC), "-n", str(ranks), *command]
-    env = {**os.environ, **ONE_THREAD}
+    env = {name: value for name, value in os.environ.items() if name not in ONE_THREAD}
+    if one_thread:
+        env.update(ONE_THREAD)
     for name in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
         env.pop(name, None)  # a pytest started under mpiexec must not make the one process a rank
     if not wait:
@@ -256,12 +259,7 @@ def test_without_mpiexec_nothing_of_mpi_is_imported(workdir):
 def test_ranks_share_the_cores_by_default(workdir):
     """`train.threads: 0` under mpiexec: the usable cores are shared out among the ranks
     on this host, so two ranks on two cores take one BLAS thread each."""
-    command = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "charlstm.cli", "train", "tiny.txt",
-               "--out", "run", "--quiet", "--set", "train.max_steps=2", "--set", "model.hidden_size=8",
-               "--set", "train.batch_size=4", "--set", "train.sample_length=0"]
-    env = {name: value for name, value in os.environ.items()
-           if name not in ONE_THREAD and not name.startswith(("PMI_", "OMPI_", "PMIX_"))}
-    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    result = charlstm(2, "train", "tiny.txt", "--out", "run", cwd=workdir, one_thread=False)
     assert result.returncode == 0, result.stderr
-    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    share = max(1, runtime.usable_cores() // 2)
     assert json.loads((workdir / "run" / "run.json").read_text())["runtime"].endswith(f" {share} BLAS threads")
