@@ -281,9 +281,9 @@ def wait_for_quiet(limit_s: float = QUIET_WAIT_S) -> None:
         pass
 
 
-def run_worker(task: dict, neighbour: bool = False) -> dict:
-    """Run one measurement in a fresh Python process, once the machine is quiet; with
-    `neighbour`, beside a process spinning on one core. The result carries `others`:
+def run_worker(task: dict, neighbour: bool = False, script: str = __file__) -> dict:
+    """Run one measurement in a fresh Python process (`script --worker TASK`), once the
+    machine is quiet; with `neighbour`, beside a process spinning on one core. The result carries `others`:
     the cores other processes (the spinning neighbour included) kept busy meanwhile."""
     # no thread variables from this shell: each library chooses as it would for a user
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -293,7 +293,7 @@ def run_worker(task: dict, neighbour: bool = False) -> dict:
     busy0, total0 = cpu_ticks()
     child0 = os.times()
     try:
-        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)], env=env,
+        done = subprocess.run([sys.executable, script, "--worker", json.dumps(task)], env=env,
                               capture_output=True, text=True, cwd=PROJECT)
     finally:
         busy1, total1 = cpu_ticks()

@@ -1,0 +1,162 @@
+"""The floor under a training step: its matrix products alone, in NumPy's BLAS and in
+PyTorch's, beside the two training loops.
+
+    python benchmarks/product_floor.py [--pairs K] [--only REGEX] [--quick]
+
+A charlstm step is its matrix products (the recurrent product of every time step, the
+input projections, the weight gradients, the head) plus everything else (the cell, the
+loss, dropout, clipping, Adam, Python). The products alone, run back to back with
+nothing else, bound the loop from above: no cell or loop can make a step faster than
+its products. If that bound falls short of 1.2x PyTorch's loop, the 1.2x target cannot
+be met while NumPy's BLAS (OpenBLAS in the numpy wheels) computes the products; the
+same products through torch.matmul (MKL in the torch wheels) show what PyTorch's loop
+starts from.
+
+Per row, in fresh processes, interleaved: charlstm's loop and PyTorch's loop (the
+workers of throughput.py, so the same loops that table times), then the products of
+one charlstm step in the shapes and layouts charlstm.lstm and charlstm.model use, timed
+over the row's steps back to back after a warm-up: once with np.matmul and once with
+torch.matmul on the same arrays. Every column is chars/s (T*B chars per step), the
+median over the pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import throughput  # noqa: E402  (the rows, the loop workers and the quiet-machine runner)
+
+ROWS = [r for r in throughput.ROWS if r.dropout == 0 and not r.neighbour and r.vocab == 65]
+TARGET = 1.2
+
+
+def step_products(row: throughput.Row) -> list[tuple]:
+    """(a, b, out) for every np.matmul(a, b, out=out) of one charlstm training step, in
+    the loop's order and layouts (feature-major (F, T*B) columns; the backward's per-step
+    dZ a strided view of its columns)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    H, B, T, V = row.hidden, row.batch, row.seq_len, row.vocab
+    n = T * B
+
+    def array(*shape):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1)
+
+    forward, backward = [], []
+    for layer in range(row.layers):
+        recurrent_T, W_h = array(4 * H, H), array(H, 4 * H)
+        h = array(T + 1, H, B)
+        gates_out = np.empty((4 * H, B), np.float32)
+        d_z = array(4 * H, T, B)
+        d_h = np.empty((H, B), np.float32)
+        if layer > 0:  # the input projection of dense inputs: (4H, D) @ (D, T*B)
+            W_x = array(H, 4 * H)
+            x_columns = array(H, n)
+            forward.append((W_x.T, x_columns, np.empty((4 * H, n), np.float32)))
+        forward += [(recurrent_T, h[t], gates_out) for t in range(T)]
+        layer_backward = [(W_h, d_z[:, t], d_h) for t in range(T - 1, -1, -1)]
+        d_z_columns = d_z.reshape(4 * H, n)
+        layer_backward.append((array(H, n), d_z_columns.T, np.empty((H, 4 * H), np.float32)))  # dW_h
+        if layer > 0:
+            layer_backward.append((x_columns, d_z_columns.T, np.empty((H, 4 * H), np.float32)))  # dW_x
+            layer_backward.append((W_x, d_z_columns, np.empty((H, n), np.float32)))  # d_x
+        else:  # dW_x of the one-hot ids: a (V, T*B) one-hot product (V <= 384)
+            layer_backward.append((array(V, n), d_z_columns.T, np.empty((V, 4 * H), np.float32)))
+        backward = layer_backward + backward  # the top layer's backward runs first
+    head_input, W_y, d_logits = array(H, n), array(H, V), array(n, V)
+    head = [(head_input.T, W_y, np.empty((n, V), np.float32))]
+    head_backward = [(head_input, d_logits, np.empty((H, V), np.float32)),
+                     (W_y, d_logits.T, np.empty((H, n), np.float32))]
+    return forward + head + head_backward + backward
+
+
+def worker_products(row: throughput.Row, library: str) -> dict:
+    products = step_products(row)
+    if library == "torch":
+        import torch
+        torch.set_num_threads(row.threads)
+        products = [tuple(torch.from_numpy(x) for x in triple) for triple in products]
+        matmul = torch.matmul
+        describe = f"torch.matmul, {torch.get_num_threads()} threads"
+    else:
+        import numpy as np
+        from threadpoolctl import threadpool_info, threadpool_limits
+        threadpool_limits(row.threads, user_api="blas")
+        matmul = np.matmul
+        blas = next((p for p in threadpool_info() if p["user_api"] == "blas"), {})
+        describe = f"np.matmul, {blas.get('internal_api', 'BLAS')}, {row.threads} threads"
+
+    def one_step():
+        for a, b, out in products:
+            matmul(a, b, out=out)
+
+    for _ in range(throughput.WARMUP_STEPS):
+        one_step()
+    started = time.perf_counter()
+    for _ in range(row.steps):
+        one_step()
+    seconds = time.perf_counter() - started
+    return {"chars_per_s": row.steps * row.chars_per_step / seconds, "runtime": describe,
+            "products": len(products)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved rounds per row [3]")
+    parser.add_argument("--only", default="", help="the rows whose label matches this regular expression")
+    parser.add_argument("--quick", action="store_true", help="one round, a fifth of the steps")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        task = json.loads(args.worker)
+        print(json.dumps(worker_products(throughput.Row(**task["row"]), task["library"])))
+        return 0
+    rows = [r for r in ROWS if re.search(args.only, r.label)]
+    pairs = 1 if args.quick else args.pairs
+    if args.quick:
+        rows = [throughput.Row(**{**asdict(r), "steps": max(3, r.steps // 5)}) for r in rows]
+    print(f"{time.strftime('%Y-%m-%d')}; chars/s, median of {pairs} interleaved rounds; "
+          f"'needed' is {TARGET}x PyTorch's loop", flush=True)
+    header = (f"| {'row':<28} | charlstm loop | PyTorch loop | needed | products, NumPy | "
+              f"products, torch | NumPy products / needed |")
+    lines = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for row in rows:
+            corpus = Path(scratch) / f"corpus-{throughput.corpus_chars(row)}.txt"
+            if not corpus.exists():
+                corpus.write_text(throughput.corpus_text(row.vocab, throughput.corpus_chars(row)), encoding="utf-8")
+            loop_task = {"row": asdict(row), "corpus": str(corpus), "threads": row.threads}
+            runs = {"charlstm": [], "torch": [], "numpy products": [], "torch products": []}
+            for _ in range(pairs):
+                runs["charlstm"].append(throughput.run_worker({"kind": "charlstm-train", **loop_task}))
+                runs["torch"].append(throughput.run_worker({"kind": "torch-train", **loop_task}))
+                for library in ("numpy", "torch"):
+                    runs[f"{library} products"].append(
+                        throughput.run_worker({"row": asdict(row), "library": library}, script=__file__))
+            cps = {k: statistics.median(r["chars_per_s"] for r in v) for k, v in runs.items()}
+            needed = TARGET * cps["torch"]
+            lines.append(f"| {row.label:<28} | {cps['charlstm']:>13,.0f} | {cps['torch']:>12,.0f} | "
+                         f"{needed:>6,.0f} | {cps['numpy products']:>15,.0f} | {cps['torch products']:>15,.0f} | "
+                         f"{cps['numpy products'] / needed:>23.2f} |")
+            print("  " + lines[-1], f"({runs['numpy products'][0]['runtime']}; "
+                  f"{runs['numpy products'][0]['products']} products a step)", flush=True)
+    print()
+    print(header)
+    print(f"|{'-' * 30}|--------------:|-------------:|-------:|----------------:|----------------:|"
+          f"------------------------:|")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
