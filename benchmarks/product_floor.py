@@ -23,6 +23,7 @@ median over the pairs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import statistics
@@ -121,6 +122,10 @@ def main() -> int:
         task = json.loads(args.worker)
         print(json.dumps(worker_products(throughput.Row(**task["row"]), task["library"])))
         return 0
+    if importlib.util.find_spec("torch") is None:  # the PyTorch loop and the torch.matmul column
+        print("product_floor.py compares against PyTorch, which is not installed: "
+              "pip install torch (or run throughput.py --no-torch)", file=sys.stderr)
+        return 2
     rows = [r for r in ROWS if re.search(args.only, r.label)]
     pairs = 1 if args.quick else args.pairs
     if args.quick:
@@ -132,9 +137,7 @@ def main() -> int:
     lines = []
     with tempfile.TemporaryDirectory() as scratch:
         for row in rows:
-            corpus = Path(scratch) / f"corpus-{throughput.corpus_chars(row)}.txt"
-            if not corpus.exists():
-                corpus.write_text(throughput.corpus_text(row.vocab, throughput.corpus_chars(row)), encoding="utf-8")
+            corpus = throughput.corpus_file(Path(scratch), row)
             loop_task = {"row": asdict(row), "corpus": str(corpus), "threads": row.threads}
             runs = {"charlstm": [], "torch": [], "numpy products": [], "torch products": []}
             for _ in range(pairs):

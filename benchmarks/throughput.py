@@ -116,6 +116,14 @@ def corpus_chars(row: Row) -> int:
     return int((WARMUP_STEPS + row.steps + 2) * row.chars_per_step / 0.9) + 1000
 
 
+def corpus_file(folder: Path, row: Row) -> Path:
+    """The row's synthetic corpus in `folder`, written once for every row of its size."""
+    path = folder / f"corpus-{row.vocab}-{corpus_chars(row)}.txt"
+    if not path.exists():
+        path.write_text(corpus_text(row.vocab, corpus_chars(row)), encoding="utf-8")
+    return path
+
+
 def worker_charlstm_train(row: Row, corpus: Path) -> dict:
     from charlstm.config import load_config
     from charlstm.rundir import read_metrics
@@ -367,10 +375,7 @@ def main() -> int:
     train_rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for row in rows:
-            corpus = Path(scratch) / f"corpus-{row.vocab}-{corpus_chars(row)}.txt"
-            if not corpus.exists():
-                corpus.write_text(corpus_text(row.vocab, corpus_chars(row)), encoding="utf-8")
-            task = {"row": asdict(row), "corpus": str(corpus), "threads": row.threads}
+            task = {"row": asdict(row), "corpus": str(corpus_file(Path(scratch), row)), "threads": row.threads}
             ours, theirs = [], []
             for _ in range(pairs):
                 ours.append(run_worker({"kind": "charlstm-train", **task}, row.neighbour))
