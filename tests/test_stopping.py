@@ -116,3 +116,26 @@ def test_a_time_budget_measures_for_long_enough_but_not_too_long(monkeypatch, ma
     config = tiny_config(**{"train.max_minutes": max_minutes})
     budget.plan_steps(config, SimpleNamespace(streams=None, val_ids=None), SimpleNamespace(params=params), fake_step)
     assert round(clock[0] / step_s) == steps
+
+
+def test_a_time_budget_plans_its_steps_and_evaluations_to_end_inside_the_budget(monkeypatch):
+    clock = [0.0]
+    step_s, eval_s = 0.05, 3.0
+
+    def fake_step(*_):
+        clock[0] += step_s
+
+    def fake_evaluate(*_, **__):
+        clock[0] += eval_s
+
+    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(budget, "evaluate", fake_evaluate)
+    params = SimpleNamespace(zeros_like=lambda: None, names=lambda: [])
+    config = tiny_config(**{"train.max_minutes": 10.0, "train.eval_every": 100})
+    plan = budget.plan_steps(config, SimpleNamespace(streams=None, val_ids=None), SimpleNamespace(params=params),
+                             fake_step)
+    assert plan.step_s == pytest.approx(step_s) and plan.eval_s == pytest.approx(eval_s)
+    # the steps, one evaluation per eval_every of them and the measurement fill the budget less its headroom
+    planned_s = plan.measured_s + plan.steps * (step_s + eval_s / 100)
+    assert 600 * (1 - budget.BUDGET_HEADROOM) - (step_s + eval_s / 100) < planned_s <= 600 * (1 - budget.BUDGET_HEADROOM)
+    assert budget.BUDGET_HEADROOM > 0
