@@ -97,30 +97,10 @@ def test_a_budgeted_run_stopped_and_resumed_ends_as_the_step_limited_run(tiny_co
                           checkpoint.load(fixed / "last.safetensors").params.flat)
 
 
-@pytest.mark.parametrize("max_minutes, step_s, steps", [
-    (10.0, 0.005, 40),   # fast steps: as many as span MEASURE_SECONDS (0.2 s here)
-    (10.0, 0.05, 10),    # slow steps: the first ten are enough
-    (10.0, 0.001, 110),  # never more than ten times the first ten
-    (0.01, 0.001, 10),   # a tiny budget: at most 1% of it is spent measuring
-])
-def test_a_time_budget_measures_for_long_enough_but_not_too_long(monkeypatch, max_minutes, step_s, steps):
-    clock = [0.0]  # a step takes exactly step_s on this clock, however loaded the machine
-
-    def fake_step(*_):
-        clock[0] += step_s
-
-    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-    monkeypatch.setattr(budget, "MEASURE_SECONDS", 0.2)
-    monkeypatch.setattr(budget, "evaluate", lambda *a, **k: None)
-    params = SimpleNamespace(zeros_like=lambda: None, names=lambda: [])
-    config = tiny_config(**{"train.max_minutes": max_minutes})
-    budget.plan_steps(config, SimpleNamespace(streams=None, val_ids=None), SimpleNamespace(params=params), fake_step)
-    assert round(clock[0] / step_s) == steps
-
-
-def test_a_time_budget_plans_its_steps_and_evaluations_to_end_inside_the_budget(monkeypatch):
+def plan_on_a_fake_clock(monkeypatch, config, step_s: float, eval_s: float = 0.0):
+    """budget.plan_steps where a step takes exactly step_s and an evaluation eval_s,
+    however loaded the machine. Returns (the plan, seconds on the fake clock)."""
     clock = [0.0]
-    step_s, eval_s = 0.05, 3.0
 
     def fake_step(*_):
         clock[0] += step_s
@@ -131,11 +111,31 @@ def test_a_time_budget_plans_its_steps_and_evaluations_to_end_inside_the_budget(
     monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     monkeypatch.setattr(budget, "evaluate", fake_evaluate)
     params = SimpleNamespace(zeros_like=lambda: None, names=lambda: [])
-    config = tiny_config(**{"train.max_minutes": 10.0, "train.eval_every": 100})
     plan = budget.plan_steps(config, SimpleNamespace(streams=None, val_ids=None), SimpleNamespace(params=params),
                              fake_step)
+    return plan, clock[0]
+
+
+@pytest.mark.parametrize("max_minutes, step_s, steps", [
+    (10.0, 0.005, 40),   # fast steps: as many as span MEASURE_SECONDS (0.2 s here)
+    (10.0, 0.05, 10),    # slow steps: the first ten are enough
+    (10.0, 0.001, 110),  # never more than ten times the first ten
+    (0.01, 0.001, 10),   # a tiny budget: at most 1% of it is spent measuring
+])
+def test_a_time_budget_measures_for_long_enough_but_not_too_long(monkeypatch, max_minutes, step_s, steps):
+    monkeypatch.setattr(budget, "MEASURE_SECONDS", 0.2)
+    _, seconds = plan_on_a_fake_clock(monkeypatch, tiny_config(**{"train.max_minutes": max_minutes}), step_s)
+    assert round(seconds / step_s) == steps
+
+
+def test_a_time_budget_plans_its_steps_and_evaluations_to_end_inside_the_budget(monkeypatch):
+    step_s, eval_s = 0.05, 3.0
+    config = tiny_config(**{"train.max_minutes": 10.0, "train.eval_every": 100})
+    plan, _ = plan_on_a_fake_clock(monkeypatch, config, step_s, eval_s)
     assert plan.step_s == pytest.approx(step_s) and plan.eval_s == pytest.approx(eval_s)
-    # the steps, one evaluation per eval_every of them and the measurement fill the budget less its headroom
-    planned_s = plan.measured_s + plan.steps * (step_s + eval_s / 100)
-    assert 600 * (1 - budget.BUDGET_HEADROOM) - (step_s + eval_s / 100) < planned_s <= 600 * (1 - budget.BUDGET_HEADROOM)
-    assert budget.BUDGET_HEADROOM > 0
+    # the measurement, the steps and one evaluation per eval_every steps fill the
+    # budget less its headroom, and one more step would not fit
+    per_step_s = step_s + eval_s / 100
+    planned_s = plan.measured_s + plan.steps * per_step_s
+    assert 0 < budget.BUDGET_HEADROOM < 0.2
+    assert 600 * (1 - budget.BUDGET_HEADROOM) - per_step_s < planned_s <= 600 * (1 - budget.BUDGET_HEADROOM)
