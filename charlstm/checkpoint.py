@@ -15,7 +15,9 @@ little-endian array bytes; readable by any safetensors library). Its string meta
 
 Arrays: `model.<param name>` (see model.py), and for resuming `optimizer.exp_avg`,
 `optimizer.exp_avg_sq` (flat, same order as the parameters) and `state.h`,
-`state.c` (L, B, H), the carried state of every stream and layer.
+`state.c` (L, B, H), the carried state of every stream and layer. A run that keeps
+a weight average (`train.ema_decay`) saves the average as `model.*`, the model to
+use, and the weights Adam updates as `training.params` (flat).
 
 Writes go through files.atomic_write: a crash at any instant leaves the previous file
 whole.
@@ -58,6 +60,7 @@ class Checkpoint:
     optimizer_moments: tuple[np.ndarray, np.ndarray] | None = None  # (exp_avg, exp_avg_sq)
     carried_state: tuple[np.ndarray, np.ndarray] | None = None      # (h, c), each (L, B, H)
     rng_states: dict = field(default_factory=dict)  # name -> bit_generator.state
+    training_params: np.ndarray | None = None        # (P,) flat: Adam's weights when `params` is their average
 
 
 def _digest(format_version: str, payload: str, tensors: dict[str, np.ndarray]) -> str:
@@ -137,6 +140,8 @@ def save(path: Path, ckpt: Checkpoint) -> None:
         tensors["optimizer.exp_avg"], tensors["optimizer.exp_avg_sq"] = ckpt.optimizer_moments
     if ckpt.carried_state is not None:
         tensors["state.h"], tensors["state.c"] = ckpt.carried_state
+    if ckpt.training_params is not None:
+        tensors["training.params"] = ckpt.training_params
     payload = {
         "charlstm_version": __version__,
         "config": config_to_dict(ckpt.config),
@@ -167,4 +172,5 @@ def load(path: Path) -> Checkpoint:
     if "state.h" in tensors:
         state = (tensors["state.h"], tensors["state.c"])
     return Checkpoint(config, vocab, params, payload.get("progress", {}),
-                      payload.get("optimizer_step", 0), moments, state, payload.get("rng_states", {}))
+                      payload.get("optimizer_step", 0), moments, state, payload.get("rng_states", {}),
+                      tensors.get("training.params"))

@@ -96,6 +96,7 @@ class TrainConfig:
     betas: tuple[float, float] = _key((0.9, 0.999), _betas)
     eps: float = _key(1e-8, _greater_than(0.0))
     weight_decay: float = _key(0.0, _at_least(0.0))
+    ema_decay: float = _key(0.0, _in_range(0.0, 1.0))  # 0 = off; see optim.WeightAverage
     grad_clip: float = _key(5.0, _at_least(0.0))
     log_every: int = _key(10, _at_least(1))
     eval_every: int = _key(200, _at_least(1))

@@ -1,4 +1,5 @@
-"""Global-norm gradient clipping, Adam with bias correction, learning-rate schedules.
+"""Global-norm gradient clipping, Adam with bias correction, learning-rate schedules,
+and a moving average of the weights.
 
 All of it works on the flat parameter and gradient buffers (see model.Params), so each
 update is a handful of whole-buffer operations rather than a loop over tensors.
@@ -67,6 +68,31 @@ class Adam:
         np.divide(m, tmp, out=tmp)
         tmp *= tmp.dtype.type(lr / bias_correction1)
         params -= tmp
+
+
+class WeightAverage:
+    """An exponential moving average of the flat weights, updated after every step
+    (Polyak & Juditsky 1992 average the iterates; the moving average forgets the
+    early ones). With `train.ema_decay` set, the average is the model: evaluated,
+    kept as `best`, sampled and exported, while Adam goes on updating the weights.
+
+    Over the first 1 / (1 - decay) steps it is the plain mean of the weights seen so
+    far, so a short run does not keep the initial weights in its average.
+    """
+
+    def __init__(self, decay: float, weights: np.ndarray, steps: int = 0):
+        self.decay = decay
+        self.weights = weights.copy()  # (P,) flat, in the parameters' order
+        self.steps = steps             # updates so far (checkpointed: it sets the next rate)
+        self._scratch = np.empty_like(weights)
+
+    def update(self, weights: np.ndarray) -> None:
+        """average += rate * (weights - average), rate = max(1 - decay, 1 / steps)."""
+        self.steps += 1
+        rate = max(1.0 - self.decay, 1.0 / self.steps)
+        np.subtract(weights, self.weights, out=self._scratch)
+        self._scratch *= self._scratch.dtype.type(rate)
+        self.weights += self._scratch
 
 
 def learning_rate(step: int, base_lr: float, schedule: str, warmup_steps: int,

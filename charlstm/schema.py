@@ -55,10 +55,10 @@ def _mapping(value: Any, name: str) -> dict:
 
 
 def check_progress(progress: Any) -> None:
-    """step, epoch, window, best_val_loss, elapsed_s, schedule_steps, since_log: each
+    """step, epoch, window, averaged_steps, best_val_loss, elapsed_s, schedule_steps, since_log: each
     optional (older checkpoints lack some), each of its type and range when present."""
     progress = _mapping(progress, "progress")
-    for key in ("step", "epoch", "window"):
+    for key in ("step", "epoch", "window", "averaged_steps"):
         if key in progress:
             _count(progress[key], f"progress.{key}")
     if "schedule_steps" in progress:
@@ -93,7 +93,7 @@ def check_vocab(chars: Any) -> Vocab:
 
 def expected_shapes(config: Config, vocab_size: int, tensors: dict[str, np.ndarray]) -> dict[str, tuple]:
     """Every array the checkpoint must hold (model.*) or may hold (Adam's moments and
-    the carried state, each as a pair), with its exact shape."""
+    the carried state, each as a pair; the weights behind an average), with its exact shape."""
     model = config.model
     shapes = param_shapes(vocab_size, model.hidden_size, model.num_layers, model.initial_state == "learned")
     num_params = sum(int(np.prod(shape)) for shape in shapes.values())
@@ -103,6 +103,8 @@ def expected_shapes(config: Config, vocab_size: int, tensors: dict[str, np.ndarr
                         (("state.h", "state.c"), state_shape)):
         if any(name in tensors for name in pair):
             expected.update({name: shape for name in pair})
+    if "training.params" in tensors:
+        expected["training.params"] = (num_params,)
     return expected
 
 

@@ -1,6 +1,6 @@
 """Everything that changes as training goes, and how it goes into and out of a
-checkpoint: weights, Adam's moments, the carried state, the random generators and
-the step."""
+checkpoint: weights, Adam's moments, the weight average, the carried state, the
+random generators and the step."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .config import Config
 from .data import Vocab
 from .errors import CharlstmError
 from .model import ModelBuffers, Params, init_params, initial_state
-from .optim import Adam
+from .optim import Adam, WeightAverage
 
 RNG_NAMES = ("init", "dropout", "sample", "state_reset")
 
@@ -71,6 +71,17 @@ class TrainingState:
     # The large per-window arrays of train_step, reused from one step to the next (a
     # step no longer needs the previous step's caches); not checkpointed. See lstm.LayerBuffers.
     buffers: ModelBuffers = field(default_factory=ModelBuffers, repr=False)
+    # train.ema_decay > 0: the moving average of the weights, which is the model that
+    # is evaluated, sampled and saved as the checkpoint's model.* arrays.
+    average: WeightAverage | None = None
+
+    @property
+    def model_params(self) -> Params:
+        """The weights that are the model: the average when one is kept, else the
+        weights Adam updates."""
+        if self.average is None:
+            return self.params
+        return Params(self.params.shapes, self.params.flat.dtype, self.average.weights)
 
     @classmethod
     def fresh(cls, config: Config, vocab_size: int) -> TrainingState:
@@ -81,14 +92,22 @@ class TrainingState:
                              model_cfg.forget_bias, rngs["init"], dtype, model_cfg.initial_state == "learned")
         optimizer = Adam(params.flat.size, train_cfg.betas, train_cfg.eps, train_cfg.weight_decay, dtype)
         carried = initial_state(params, train_cfg.batch_size)
-        return cls(params, optimizer, carried, rngs, schedule_steps=train_cfg.max_steps)
+        average = WeightAverage(train_cfg.ema_decay, params.flat) if train_cfg.ema_decay else None
+        return cls(params, optimizer, carried, rngs, schedule_steps=train_cfg.max_steps, average=average)
 
     @classmethod
     def from_checkpoint(cls, ckpt: checkpoint.Checkpoint, config: Config) -> TrainingState:
         """The state a checkpoint was written from, ready to take the next step."""
         ts = cls.fresh(config, ckpt.vocab.size)
         try:
-            ts.params.flat[...] = ckpt.params.flat
+            # With an average, the model arrays hold it and training.params the weights
+            # Adam updates; a checkpoint without them (no average, imported weights)
+            # trains on from its model.
+            training = ckpt.params.flat if ckpt.training_params is None else ckpt.training_params
+            ts.params.flat[...] = training
+            if ts.average is not None:
+                ts.average.weights[...] = ckpt.params.flat
+                ts.average.steps = int(ckpt.progress.get("averaged_steps", 0))
             ts.optimizer.step_count = int(ckpt.optimizer_step)
             ts.optimizer.exp_avg[...], ts.optimizer.exp_avg_sq[...] = ckpt.optimizer_moments
             for carried, saved in zip(ts.carried, ckpt.carried_state):
@@ -115,7 +134,7 @@ class TrainingState:
 
     def to_checkpoint(self, config: Config, vocab: Vocab, windows_per_epoch: int) -> checkpoint.Checkpoint:
         return checkpoint.Checkpoint(
-            config, vocab, self.params,
+            config, vocab, self.model_params,
             progress={"step": self.step, "epoch": self.step // windows_per_epoch,
                       "window": self.step % windows_per_epoch,
                       "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
@@ -123,8 +142,10 @@ class TrainingState:
                       "schedule_start": self.schedule_start,
                       "since_log": asdict(self.since_log),
                       "evals_without_improvement": self.evals_without_improvement,
-                      "planned_steps": config.train.max_steps if config.train.max_minutes else None},
+                      "planned_steps": config.train.max_steps if config.train.max_minutes else None,
+                      **({"averaged_steps": self.average.steps} if self.average is not None else {})},
             optimizer_step=self.optimizer.step_count,
             optimizer_moments=(self.optimizer.exp_avg, self.optimizer.exp_avg_sq),
             carried_state=self.carried,
+            training_params=None if self.average is None else self.params.flat,
             rng_states={purpose: rng.bit_generator.state for purpose, rng in self.rngs.items()})

@@ -70,7 +70,7 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
                decay_views: list[np.ndarray], comm: SingleProcess = SingleProcess()) -> tuple[float, float, float]:
     """One window of truncated BPTT: forward, backward, clip, Adam. Returns
     (loss, gradient norm before clipping, learning rate). Raises TrainingDiverged, before touching the weights, if the loss or
-    gradient is not finite.
+    gradient is not finite. A weight average, when kept, takes in the new weights.
 
     Under MPI this rank computes only its own streams (`comm.shard`); the random
     draws (resets, dropout masks) are made for all B streams on every rank, so a
@@ -95,6 +95,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
     lr = learning_rate(ts.step - ts.schedule_start, train_cfg.lr, train_cfg.lr_schedule, train_cfg.warmup_steps,
                        ts.schedule_steps - ts.schedule_start, train_cfg.final_lr_fraction)
     ts.optimizer.step(ts.params.flat, grads.flat, lr, decay_views)
+    if ts.average is not None:
+        ts.average.update(ts.params.flat)
     for full, new in zip(ts.carried, next_state):  # no gradient path back into this window
         full[:, mine] = new
     ts.step += 1
@@ -333,7 +335,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                 evaluated = None
                 if due(train_cfg.eval_every):
                     comm.check_same_weights(ts.params.flat, ts.step)
-                    evaluation_args = (ts.params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len,
+                    evaluation_args = (ts.model_params, data.val_ids, train_cfg.eval_streams, train_cfg.seq_len,
                                        train_cfg.eval_warmup, comm)
                     # Alone, a stop signal abandons an evaluation (it changes nothing). Under
                     # MPI the ranks finish it together: one that left would leave the
@@ -366,7 +368,7 @@ def run_training(config: Config, data: Corpus, ts: TrainingState, run_dir: Path,
                                **evaluation})
                     ts.since_log = LogWindow()
                 if train_cfg.sample_length and due(train_cfg.sample_every) and comm.is_root:
-                    text = "".join(generate(ts.params, data.vocab, train_cfg.sample_length,
+                    text = "".join(generate(ts.model_params, data.vocab, train_cfg.sample_length,
                                             temperature=0.8, rng=ts.rngs["sample"]))
                     echo(f"---- sample at step {ts.step} ----\n{text}\n----")
                 # The ranks stop after the same step: mpiexec forwards a signal to

@@ -24,7 +24,8 @@ def saved(tmp_path):
                       optimizer_moments=(np.arange(params.flat.size, dtype=np.float32),
                                          np.ones(params.flat.size, dtype=np.float32)),
                       carried_state=(np.full((2, 4, 6), 0.5, np.float32), np.full((2, 4, 6), -0.5, np.float32)),
-                      rng_states={"sample": rng.bit_generator.state})
+                      rng_states={"sample": rng.bit_generator.state},
+                      training_params=np.linspace(-1, 1, params.flat.size, dtype=np.float32))
     path = tmp_path / "last.safetensors"
     checkpoint.save(path, ckpt)
     return path, ckpt
@@ -39,6 +40,7 @@ def test_round_trip_restores_everything_exactly(saved):
     assert loaded.params.flat.dtype == np.float32
     assert loaded.progress == original.progress
     assert loaded.optimizer_step == 7
+    assert np.array_equal(loaded.training_params, original.training_params)
     for a, b in zip(loaded.optimizer_moments + loaded.carried_state,
                     original.optimizer_moments + original.carried_state):
         assert np.array_equal(a, b)
@@ -172,6 +174,7 @@ def test_newer_format_version_is_refused_with_what_to_do(saved):
     ("state.h", lambda a: a[:, :1].copy(), "has shape (2, 1, 6), expected (2, 4, 6)"),
     ("state.c", lambda a: a.astype(np.float64), "has dtype float64, expected float32"),
     ("state.c", None, "is missing"),
+    ("training.params", lambda a: a[:-1].copy(), "has shape"),  # the weights behind an average
 ])
 def test_every_array_needs_its_exact_shape_and_dtype_even_with_a_valid_checksum(saved, name, change, problem):
     path, _ = saved

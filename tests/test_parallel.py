@@ -77,7 +77,8 @@ def state(path: Path) -> dict:
     ckpt = checkpoint.load(path)
     return {"params": ckpt.params.flat, "exp_avg": ckpt.optimizer_moments[0], "h": ckpt.carried_state[0],
             "c": ckpt.carried_state[1], "rngs": ckpt.rng_states, "step": ckpt.progress["step"],
-            "best": ckpt.progress["best_val_loss"]}
+            "best": ckpt.progress["best_val_loss"],
+            **({"training": ckpt.training_params} if ckpt.training_params is not None else {})}
 
 
 def assert_close_runs(a: dict, b: dict, exact: bool = False) -> None:
@@ -102,10 +103,11 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_two_ranks_train_what_one_process_trains(workdir, dropout):
-    one = train(1, workdir, "one", **{"model.dropout": dropout})
-    two = train(2, workdir, "two", **{"model.dropout": dropout})
+@pytest.mark.parametrize("sets", [{"model.dropout": 0.0}, {"model.dropout": 0.3},
+                                  {"model.dropout": 0.3, "train.ema_decay": 0.9}])
+def test_two_ranks_train_what_one_process_trains(workdir, sets):
+    one = train(1, workdir, "one", **sets)
+    two = train(2, workdir, "two", **sets)
     assert_close_runs(state(workdir / "one" / "last.safetensors"), state(workdir / "two" / "last.safetensors"))
     # Rank 0 alone prints: each evaluation line once, the samples (same generator) alike.
     assert two.stdout.count("step 10: val") == 1

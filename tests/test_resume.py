@@ -41,10 +41,12 @@ def everything_resumable(path: Path) -> dict:
     return {"params": ckpt.params.flat, "exp_avg": ckpt.optimizer_moments[0],
             "exp_avg_sq": ckpt.optimizer_moments[1], "h": ckpt.carried_state[0],
             "c": ckpt.carried_state[1], "rngs": ckpt.rng_states, "step": ckpt.progress["step"],
-            "adam_step": ckpt.optimizer_step, "best": ckpt.progress["best_val_loss"]}
+            "adam_step": ckpt.optimizer_step, "best": ckpt.progress["best_val_loss"],
+            "training": ckpt.training_params, "averaged_steps": ckpt.progress.get("averaged_steps")}
 
 
 def assert_same_run(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
     for key in a:
         if isinstance(a[key], np.ndarray):
             assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
@@ -96,6 +98,23 @@ def test_stopped_and_resumed_three_times_equals_one_go_weights_and_metrics(one_g
     run_info = json.loads((run_dir / "run.json").read_text())
     assert run_info["status"] == "finished"
     assert [r["from_step"] for r in run_info["resumes"]] == [7, 24, 41]
+    assert records_but_timing(run_dir) == records_but_timing(tmp_path / "one-go")
+
+
+def test_a_run_keeping_a_weight_average_resumes_exactly(tiny_corpus, tmp_path, monkeypatch):
+    averaged = tiny_config(**EXACT, **{"train.ema_decay": 0.95})  # a mean for 20 steps, then moving
+    train(averaged, tiny_corpus, tmp_path / "one-go", **QUIET)
+    stop_at_steps(monkeypatch, {7, 41})
+    run_dir = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted, match="at step 7;"):
+        train(averaged, tiny_corpus, run_dir, **QUIET)
+    with pytest.raises(TrainingInterrupted, match="at step 41;"):
+        resume(run_dir, **QUIET)
+    resume(run_dir, **QUIET)
+    for name in ("last", "best"):
+        one_go = everything_resumable(tmp_path / "one-go" / f"{name}.safetensors")
+        assert one_go["training"] is not None and not np.array_equal(one_go["training"], one_go["params"])
+        assert_same_run(one_go, everything_resumable(run_dir / f"{name}.safetensors"))
     assert records_but_timing(run_dir) == records_but_timing(tmp_path / "one-go")
 
 
