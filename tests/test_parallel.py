@@ -104,7 +104,9 @@ def workdir(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("sets", [{"model.dropout": 0.0}, {"model.dropout": 0.3},
-                                  {"model.dropout": 0.3, "train.ema_decay": 0.9}])
+                                  {"model.dropout": 0.3, "train.ema_decay": 0.9},
+                                  # 15 windows an epoch: the ranks restart their streams together
+                                  {"model.dropout": 0.3, "train.seq_len": 64}])
 def test_two_ranks_train_what_one_process_trains(workdir, sets):
     one = train(1, workdir, "one", **sets)
     two = train(2, workdir, "two", **sets)

@@ -16,11 +16,12 @@ import pytest
 
 from charlstm import checkpoint, files, train as train_module
 from charlstm.cli import main
+from charlstm.data import load_corpus
 from charlstm.errors import CharlstmError
 from charlstm.train import TrainingInterrupted, resume, train
 from helpers import charlstm_command as charlstm, metrics, tiny_config
 
-# 24 windows per epoch on the tiny corpus, dropout on, a cosine schedule with warmup,
+# 31 windows per epoch on the tiny corpus, dropout on, a cosine schedule with warmup,
 # samples drawn during training, streams reset to the learned initial state often:
 # everything a resume has to restore.
 EXACT = {"train.batch_size": 8, "train.seq_len": 32, "model.dropout": 0.3, "train.max_steps": 60,
@@ -81,14 +82,15 @@ def records_but_timing(run_dir: Path) -> list[dict]:
 
 def test_stopped_and_resumed_three_times_equals_one_go_weights_and_metrics(one_go, tiny_corpus, tmp_path,
                                                                            monkeypatch):
-    # Step 7 is mid-epoch and mid-warmup, 24 ends the first epoch, 41 is after an evaluation;
-    # 7 and 41 fall between two records (log_every 4), whose losses a resume must carry.
-    stop_at_steps(monkeypatch, {7, 24, 41})
+    # Step 7 is mid-epoch and mid-warmup, 31 ends the first epoch, 41 is after an evaluation;
+    # all three fall between two records (log_every 4), whose losses a resume must carry.
+    assert load_corpus(tiny_corpus, tiny_config(**EXACT)).windows_per_epoch == 31
+    stop_at_steps(monkeypatch, {7, 31, 41})
     run_dir = tmp_path / "stopped"
     with pytest.raises(TrainingInterrupted, match=r"stopped by SIGINT at step 7; saved .*last"
                                                   r".*resume with: charlstm train --resume "):
         train(tiny_config(**EXACT), tiny_corpus, run_dir, **QUIET)
-    for stopped_at in (24, 41):
+    for stopped_at in (31, 41):
         with pytest.raises(TrainingInterrupted, match=f"at step {stopped_at};"):
             resume(run_dir, **QUIET)
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
@@ -97,7 +99,7 @@ def test_stopped_and_resumed_three_times_equals_one_go_weights_and_metrics(one_g
     assert_same_run(one_go, everything_resumable(run_dir / "last.safetensors"))
     run_info = json.loads((run_dir / "run.json").read_text())
     assert run_info["status"] == "finished"
-    assert [r["from_step"] for r in run_info["resumes"]] == [7, 24, 41]
+    assert [r["from_step"] for r in run_info["resumes"]] == [7, 31, 41]
     assert records_but_timing(run_dir) == records_but_timing(tmp_path / "one-go")
 
 
