@@ -80,6 +80,7 @@ class ModelConfig:
     hidden_size: int = _key(256, _at_least(1))
     num_layers: int = _key(2, _at_least(1))
     dropout: float = _key(0.0, _in_range(0.0, 1.0))
+    recurrent_weight_dropout: float = _key(0.0, _in_range(0.0, 1.0))  # DropConnect on W_h; see model.py
     forget_bias: float = _key(1.0, _in_range(-100.0, 100.0, high_inclusive=True))  # sigmoid(100) is 1 already
     initial_state: str = _key("learned", _one_of("zero", "learned"))
 

@@ -14,7 +14,10 @@ checkpoint and gradient check walk the same names:
 
 Inverted dropout (Srivastava et al. 2014; between layers as in Zaremba et al. 2014)
 is applied to the outputs of every layer, i.e. before each layer above and before the
-head, and only when training.
+head, and only when training. Recurrent weight dropout (DropConnect, Wan et al. 2013, on
+W_h as AWD-LSTM does, Merity et al. 2018) zeroes entries of every layer's W_h instead,
+one mask per window shared by all steps and streams: it regularises the recurrence,
+which dropout between layers never touches.
 
 Every sequence starts from the initial state (`initial_state`): training at each epoch
 start and where a stream's carried state is reset, evaluation, sampling. A learned
@@ -157,12 +160,31 @@ def initial_state_gradients(grads: Params, d_state, started: np.ndarray) -> None
             np.sum(d_start[layer, started], axis=0, out=grads[f"lstm.{layer}.{name}"])
 
 
-def prepare_layers(params: Params) -> list[PreparedLayer]:
+def prepare_layers(params: Params, recurrent_masks: list[np.ndarray] | None = None) -> list[PreparedLayer]:
     """Every layer's weights as the time loop steps them (see lstm.prepare_layer);
-    layer 0 reads character ids through its gather table."""
-    return [prepare_layer(params[f"lstm.{layer}.W_x"], params[f"lstm.{layer}.W_h"], params[f"lstm.{layer}.b"],
-                          takes_ids=layer == 0)
-            for layer in range(params.num_layers)]
+    layer 0 reads character ids through its gather table. recurrent_masks: one per
+    layer from `recurrent_weight_masks`, multiplying W_h (the forward and the backward
+    then both step the masked weights)."""
+    prepared = []
+    for layer in range(params.num_layers):
+        W_h = params[f"lstm.{layer}.W_h"]
+        if recurrent_masks is not None:
+            W_h = W_h * recurrent_masks[layer]
+        prepared.append(prepare_layer(params[f"lstm.{layer}.W_x"], W_h, params[f"lstm.{layer}.b"],
+                                      takes_ids=layer == 0))
+    return prepared
+
+
+def recurrent_weight_masks(params: Params, rate: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """One DropConnect mask per layer's W_h, holding 0 or 1/(1-rate): inverted like
+    dropout, so evaluation and sampling use the stored weights as they are. Every
+    stream shares the masks, so every MPI rank draws the same ones."""
+    masks = []
+    for layer in range(params.num_layers):
+        shape = params.shapes[f"lstm.{layer}.W_h"]
+        keep = rng.random(shape, dtype=np.float32) >= rate
+        masks.append(np.multiply(keep, params.flat.dtype.type(1.0 / (1.0 - rate)), dtype=params.flat.dtype))
+    return masks
 
 
 class ModelBuffers:
@@ -180,13 +202,14 @@ class ModelBuffers:
 
 @dataclass
 class ModelCache:
-    layers: list[LSTMCache]                 # feature-major, see lstm.py
-    prepared: list[PreparedLayer]           # the weights the forward stepped
-    dropout_masks: list[np.ndarray | None]  # per layer output, (T, H, B) scaled by 1/(1-p)
-    head_input: np.ndarray                  # (H, T*B) top outputs after dropout, as columns
-    probs: np.ndarray | None                # (T*B, V) softmax, if the window is one head chunk
-    targets: np.ndarray                     # (T*B,)
-    weights: np.ndarray | None              # (T*B,) mask / count, or None for a plain mean
+    layers: list[LSTMCache]                   # feature-major, see lstm.py
+    prepared: list[PreparedLayer]             # the weights the forward stepped
+    recurrent_masks: list[np.ndarray] | None  # per layer, multiplying W_h (recurrent_weight_masks)
+    dropout_masks: list[np.ndarray | None]    # per layer output, (T, H, B) scaled by 1/(1-p)
+    head_input: np.ndarray                    # (H, T*B) top outputs after dropout, as columns
+    probs: np.ndarray | None                  # (T*B, V) softmax, if the window is one head chunk
+    targets: np.ndarray                       # (T*B,)
+    weights: np.ndarray | None                # (T*B,) mask / count, or None for a plain mean
     count: float
 
 
@@ -306,18 +329,22 @@ def head_backward(params: Params, cache: ModelCache, grads: Params) -> np.ndarra
 def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
             dropout: float = 0.0, rng: np.random.Generator | None = None,
             mask: np.ndarray | None = None, buffers: ModelBuffers | None = None,
-            shard: tuple[int, int] | None = None):
+            shard: tuple[int, int] | None = None, recurrent_weight_dropout: float = 0.0):
     """Mean cross-entropy (nats/char) of predicting `targets` from `inputs`.
 
-    inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 needs
-    `rng`. mask: optional (T, B) booleans; only True positions count in the mean.
+    inputs, targets: (T, B) ids. state: (h, c), each (L, B, H). dropout > 0 or
+    recurrent_weight_dropout > 0 needs `rng` (the weight masks are drawn first).
+    mask: optional (T, B) booleans; only True positions count in the mean.
     buffers: optional ModelBuffers reused from step to step (the cache then lives in
     them until the next call with the same buffers). shard: (first, total) when these
     streams are some of the training streams (see `dropout_forward`).
     Returns (loss, final_state, cache).
     """
     dtype = params.flat.dtype
-    prepared = prepare_layers(params)
+    recurrent_masks = None
+    if recurrent_weight_dropout > 0:
+        recurrent_masks = recurrent_weight_masks(params, recurrent_weight_dropout, rng)
+    prepared = prepare_layers(params, recurrent_masks)
     top, final_state, layer_caches, dropout_masks = run_layers(prepared, inputs, state, dropout, rng, buffers, shard)
     head_input = columns(top)
     flat_targets = targets.reshape(-1)
@@ -330,7 +357,8 @@ def forward(params: Params, inputs: np.ndarray, targets: np.ndarray, state,
         count = float(flat_mask.sum())
         weights = flat_mask.astype(dtype) / dtype.type(count)
         loss = float((nll * flat_mask).sum(dtype=np.float64) / count)
-    cache = ModelCache(layer_caches, prepared, dropout_masks, head_input, probs, flat_targets, weights, count)
+    cache = ModelCache(layer_caches, prepared, recurrent_masks, dropout_masks, head_input, probs, flat_targets,
+                       weights, count)
     return loss, final_state, cache
 
 
@@ -359,6 +387,9 @@ def backward(params: Params, cache: ModelCache, grads: Params, d_state=None,
             cache.prepared[layer], cache.layers[layer], d_x,
             (grads[f"lstm.{layer}.W_x"], grads[f"lstm.{layer}.W_h"], grads[f"lstm.{layer}.b"]),
             d_h_last, d_c_last, need_d_x=layer > 0, buffers=layer_buffers[layer])
+        if cache.recurrent_masks is not None:  # d loss / d W_h = mask * d loss / d (W_h * mask)
+            d_W_h = grads[f"lstm.{layer}.W_h"]
+            d_W_h *= cache.recurrent_masks[layer]
         d_h0[layer], d_c0[layer] = d_h0_layer.T, d_c0_layer.T
     if params.learned_state:
         initial_state_gradients(grads, (d_h0, d_c0), np.zeros(batch, bool) if started is None else started)

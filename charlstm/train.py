@@ -74,7 +74,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
 
     Under MPI this rank computes only its own streams (`comm.shard`); the random
     draws (resets, dropout masks) are made for all B streams on every rank, so a
-    stream's draws do not depend on the number of ranks."""
+    stream's draws do not depend on the number of ranks; the recurrent weight masks,
+    shared by all streams, are the same on every rank."""
     train_cfg = config.train
     windows_per_epoch = num_windows(streams, train_cfg.seq_len)
     window = ts.step % windows_per_epoch
@@ -85,7 +86,8 @@ def train_step(ts: TrainingState, grads: Params, streams: np.ndarray, config: Co
     state = tuple(full[:, mine] for full in ts.carried)
     loss, next_state, cache = forward(ts.params, inputs, targets, state, config.model.dropout,
                                       ts.rngs["dropout"], buffers=ts.buffers,
-                                      shard=(mine.start, streams.shape[0]))
+                                      shard=(mine.start, streams.shape[0]),
+                                      recurrent_weight_dropout=config.model.recurrent_weight_dropout)
     backward(ts.params, cache, grads, buffers=ts.buffers, started=started[mine])
     loss = comm.sum_gradient(grads.flat, loss)
     grad_norm = clip_global_norm(grads.flat, train_cfg.grad_clip)

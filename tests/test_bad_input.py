@@ -125,6 +125,8 @@ CASES = {
     "negative size": (lambda: train("tiny.txt", "--set", "train.seq_len=-5"), "'train.seq_len' must be at least 1"),
     "dropout 1": (lambda: train("tiny.txt", "--set", "model.dropout=1"), "'model.dropout' must be in [0.0, 1.0)"),
     "dropout negative": (lambda: train("tiny.txt", "--set", "model.dropout=-0.1"), "'model.dropout' must be in"),
+    "weight dropout 1": (lambda: train("tiny.txt", "--set", "model.recurrent_weight_dropout=1"),
+                         "'model.recurrent_weight_dropout' must be in [0.0, 1.0)"),
     "lr zero": (lambda: train("tiny.txt", "--set", "train.lr=0"), "'train.lr' must be greater than 0"),
     "lr negative": (lambda: train("tiny.txt", "--set", "train.lr=-0.01"), "'train.lr' must be greater than 0"),
     "malformed --set": (lambda: train("tiny.txt", "--set", "nonsense"), "--set expects section.key=value"),

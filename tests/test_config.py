@@ -50,6 +50,7 @@ def test_overrides_are_typed_and_win_over_the_file(tmp_path):
     ("train.batch_size=true", "'train.batch_size' must be an integer"),
     ("train.batch_size=0", "'train.batch_size' must be at least 1"),
     ("model.dropout=1.0", "'model.dropout' must be in [0.0, 1.0)"),
+    ("model.recurrent_weight_dropout=1", "'model.recurrent_weight_dropout' must be in [0.0, 1.0)"),
     ("train.ema_decay=1", "'train.ema_decay' must be in [0.0, 1.0)"),  # 1 would never move
     ("train.ema_decay=-0.5", "'train.ema_decay' must be in [0.0, 1.0)"),
     ("train.lr=0", "'train.lr' must be greater than 0"),

@@ -58,8 +58,9 @@ def test_compiled_cell_forward_and_backward_equal_numpy(kernel_set, dtype, batch
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradients(kernel_set, dtype, dropout):
+@pytest.mark.parametrize("dropout, weight_dropout", [(0.0, 0.0), (0.3, 0.0), (0.3, 0.3)])
+def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradients(kernel_set, dtype, dropout,
+                                                                                  weight_dropout):
     rng = np.random.default_rng(4)
     vocab, hidden, layers, T, B = 13, 24, 2, 9, 20
     params = perturbed_model(rng, vocab, hidden, layers).astype(dtype)
@@ -67,7 +68,8 @@ def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradient
 
     def loss_state_and_grads(name):
         with kernels.using(name):
-            loss, final, cache = forward(params, ids, targets, state, dropout, np.random.default_rng(5))
+            loss, final, cache = forward(params, ids, targets, state, dropout, np.random.default_rng(5),
+                                         recurrent_weight_dropout=weight_dropout)
             grads = params.zeros_like()
             d_start = backward(params, cache, grads)
         return loss, [*final, *d_start, grads.flat]
@@ -86,10 +88,14 @@ def test_the_gradient_check_passes_with_each_set(kernel_set):
     params = perturbed_model(rng, vocab, hidden, layers)
     ids, targets, state = random_window(rng, vocab, layers, hidden, T, B)
 
-    def loss():
-        return forward(params, ids, targets, state, dropout=0.3, rng=np.random.default_rng(7))[0]
+    def run():  # both kinds of dropout on, with the same masks every call
+        return forward(params, ids, targets, state, dropout=0.3, rng=np.random.default_rng(7),
+                       recurrent_weight_dropout=0.3)
 
-    _, _, cache = forward(params, ids, targets, state, dropout=0.3, rng=np.random.default_rng(7))
+    def loss():
+        return run()[0]
+
+    _, _, cache = run()
     grads = params.zeros_like()
     backward(params, cache, grads)
     worst = max(relative_error(grads[name], numeric_gradient(loss, params[name])).max() for name in params.names())
@@ -112,9 +118,10 @@ def test_sampling_steps_with_each_set_equal_the_numpy_set(kernel_set, num_sample
 
 
 # A constant rate: a run first planned for fewer steps keeps the same schedule.
-RESUME = {"train.lr_schedule": "constant", "train.batch_size": 8, "train.seq_len": 16, "model.dropout": 0.2, "train.max_steps": 12,
-          "train.eval_every": 6, "train.checkpoint_every": 1000, "train.sample_every": 5,
-          "train.sample_length": 5, "train.log_every": 3, "train.state_reset": 0.2}
+RESUME = {"train.lr_schedule": "constant", "train.batch_size": 8, "train.seq_len": 16, "train.max_steps": 12,
+          "model.dropout": 0.2, "model.recurrent_weight_dropout": 0.2, "train.eval_every": 6,
+          "train.checkpoint_every": 1000, "train.sample_every": 5, "train.sample_length": 5, "train.log_every": 3,
+          "train.state_reset": 0.2}
 QUIET = {"show_progress": False, "echo": lambda s: None}
 
 

@@ -7,17 +7,22 @@ from charlstm.model import ModelBuffers, Params, backward, forward, init_params,
 from helpers import numeric_gradient, perturbed_model, relative_error
 
 
-def test_gradients_match_central_differences_for_every_tensor_and_the_initial_state():
+@pytest.mark.parametrize("weight_dropout", [0.0, 0.4])
+def test_gradients_match_central_differences_for_every_tensor_and_the_initial_state(weight_dropout):
     rng = np.random.default_rng(0)
     vocab, hidden, layers, T, B = 7, 5, 2, 6, 3
     params = perturbed_model(rng, vocab, hidden, layers)
     inputs, targets = rng.integers(0, vocab, (T, B)), rng.integers(0, vocab, (T, B))
     h0, c0 = rng.normal(scale=0.5, size=(2, layers, B, hidden))
 
-    def loss():  # dropout on, with the same masks every call
-        return forward(params, inputs, targets, (h0, c0), dropout=0.3, rng=np.random.default_rng(7))[0]
+    def run():  # dropout on, with the same masks every call
+        return forward(params, inputs, targets, (h0, c0), dropout=0.3, rng=np.random.default_rng(7),
+                       recurrent_weight_dropout=weight_dropout)
 
-    _, _, cache = forward(params, inputs, targets, (h0, c0), dropout=0.3, rng=np.random.default_rng(7))
+    def loss():
+        return run()[0]
+
+    _, _, cache = run()
     grads = params.zeros_like()
     d_h0, d_c0 = backward(params, cache, grads)
 
@@ -89,6 +94,27 @@ def test_dropout_is_inverted_and_off_without_a_rate():
     _, _, cache = forward(params, inputs, targets, state, dropout=0.0, rng=rng)
     assert cache.dropout_masks == [None, None]
     assert rng.bit_generator.state == drawn_before  # evaluation draws no mask at all
+
+
+def test_recurrent_weight_dropout_masks_w_h_only_inverted_and_leaves_the_weights_alone():
+    rng = np.random.default_rng(4)
+    params = perturbed_model(rng, hidden=40, dtype=np.float32)
+    stored = params.flat.copy()
+    inputs, targets = rng.integers(0, 7, (5, 3)), rng.integers(0, 7, (5, 3))
+    state = zero_state(2, 3, 40, np.float32)
+    _, _, cache = forward(params, inputs, targets, state, rng=np.random.default_rng(0), recurrent_weight_dropout=0.3)
+    for layer, mask in enumerate(cache.recurrent_masks):
+        assert mask.shape == params[f"lstm.{layer}.W_h"].shape and mask.dtype == np.float32
+        assert set(np.unique(mask)) == {0.0, np.float32(1 / 0.7)}
+        assert abs((mask == 0).mean() - 0.3) < 0.03
+        np.testing.assert_array_equal(cache.prepared[layer].W_h, params[f"lstm.{layer}.W_h"] * mask)
+        np.testing.assert_array_equal(cache.prepared[layer].W_x, params[f"lstm.{layer}.W_x"])
+    assert not np.array_equal(cache.recurrent_masks[0], cache.recurrent_masks[1])
+    np.testing.assert_array_equal(params.flat, stored)  # the stored weights are what evaluation uses
+    rng = np.random.default_rng(1)
+    drawn_before = rng.bit_generator.state
+    _, _, cache = forward(params, inputs, targets, state, rng=rng)
+    assert cache.recurrent_masks is None and rng.bit_generator.state == drawn_before
 
 
 def test_reused_buffers_give_bitwise_the_same_steps_as_fresh_arrays():

@@ -106,7 +106,9 @@ def workdir(tmp_path) -> Path:
 @pytest.mark.parametrize("sets", [{"model.dropout": 0.0}, {"model.dropout": 0.3},
                                   {"model.dropout": 0.3, "train.ema_decay": 0.9},
                                   # 15 windows an epoch: the ranks restart their streams together
-                                  {"model.dropout": 0.3, "train.seq_len": 64}])
+                                  {"model.dropout": 0.3, "train.seq_len": 64},
+                                  # one weight mask a window, drawn alike on every rank
+                                  {"model.dropout": 0.3, "model.recurrent_weight_dropout": 0.3}])
 def test_two_ranks_train_what_one_process_trains(workdir, sets):
     one = train(1, workdir, "one", **sets)
     two = train(2, workdir, "two", **sets)
@@ -132,7 +134,7 @@ def test_the_same_number_of_ranks_is_bitwise_reproducible(workdir):
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_a_run_resumes_under_another_number_of_ranks(workdir, first, then):
-    sets = {"model.dropout": 0.3}
+    sets = {"model.dropout": 0.3, "model.recurrent_weight_dropout": 0.2}
     train(1, workdir, "one-go", **sets, **{"train.max_steps": 40})
     train(first, workdir, "stopped", **sets, **{"train.max_steps": 20})
     resume(then, workdir, "stopped", **{"train.max_steps": 40})

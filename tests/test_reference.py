@@ -48,22 +48,33 @@ def test_model_gradients_match_finite_differences_for_every_tensor_and_the_initi
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-5)])
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_fast_model_equals_the_reference_in_loss_state_and_every_gradient(dtype, tolerance, dropout):
+@pytest.mark.parametrize("dropout, weight_dropout", [(0.0, 0.0), (0.3, 0.0), (0.3, 0.4)])
+def test_fast_model_equals_the_reference_in_loss_state_and_every_gradient(dtype, tolerance, dropout, weight_dropout):
+    """With recurrent weight dropout the reference steps W_h * mask, and the gradient of
+    W_h is the mask times the reference's gradient of the masked weights."""
     rng = np.random.default_rng(2)
     vocab, hidden, layers, T, B = 9, 6, 3, 7, 4
     params = random_params(rng, vocab, hidden, layers).astype(dtype)
     ids, targets, state = random_window(rng, vocab, layers, hidden, T, B, dtype)
 
-    loss, final_state, cache = forward(params, ids, targets, state, dropout=dropout, rng=np.random.default_rng(3))
+    loss, final_state, cache = forward(params, ids, targets, state, dropout=dropout, rng=np.random.default_rng(3),
+                                       recurrent_weight_dropout=weight_dropout)
     grads = params.zeros_like()
     d_h0, d_c0 = backward(params, cache, grads)
 
     masks = None if dropout == 0 else [m.transpose(0, 2, 1).astype(np.float64) for m in cache.dropout_masks]
     named = {name: params[name].astype(np.float64) for name in params.names()}
+    weight_masks = {f"lstm.{k}.W_h": np.ones_like(named[f"lstm.{k}.W_h"]) for k in range(layers)}
+    if weight_dropout > 0:
+        weight_masks = {f"lstm.{k}.W_h": mask.astype(np.float64) for k, mask in enumerate(cache.recurrent_masks)}
+        assert all(0.2 < np.mean(mask == 0) < 0.6 for mask in weight_masks.values())
+    for name, mask in weight_masks.items():
+        named[name] = named[name] * mask
     as64 = tuple(a.astype(np.float64) for a in state)
     ref_loss, ref_state, ref_cache = reference.model_forward(named, ids, targets, as64, masks)
     ref_grads, (ref_d_h0, ref_d_c0) = reference.model_backward(named, ref_cache)
+    for name, mask in weight_masks.items():
+        ref_grads[name] = ref_grads[name] * mask
 
     assert loss == pytest.approx(ref_loss, rel=tolerance)
     for ours, theirs in [*zip(final_state, ref_state), (d_h0, ref_d_h0), (d_c0, ref_d_c0),
