@@ -109,6 +109,15 @@ class LayerBuffers:
 
     def __init__(self):
         self.z_columns = self.gates = self.h = self.c = self.tanh_c = self.d_z = None
+        self.uniforms = self.keep = self.recurrent_mask = self.masked_W_h = None
+
+    def recurrent_dropout(self, shape: tuple[int, int], dtype) -> LayerBuffers:
+        """Make the arrays of a DropConnect of W_h fit (model.drop_recurrent_weights)."""
+        self.uniforms = _reuse(self.uniforms, shape, np.float32)
+        self.keep = _reuse(self.keep, shape, np.bool_)
+        self.recurrent_mask = _reuse(self.recurrent_mask, shape, dtype)
+        self.masked_W_h = _reuse(self.masked_W_h, shape, dtype)
+        return self
 
     def window(self, time: int, hidden: int, batch: int, dtype) -> LayerBuffers:
         """Make the forward's arrays fit a (T, ., B) window of this layer."""

@@ -64,10 +64,9 @@ def test_fast_model_equals_the_reference_in_loss_state_and_every_gradient(dtype,
 
     masks = None if dropout == 0 else [m.transpose(0, 2, 1).astype(np.float64) for m in cache.dropout_masks]
     named = {name: params[name].astype(np.float64) for name in params.names()}
-    weight_masks = {f"lstm.{k}.W_h": np.ones_like(named[f"lstm.{k}.W_h"]) for k in range(layers)}
-    if weight_dropout > 0:
-        weight_masks = {f"lstm.{k}.W_h": mask.astype(np.float64) for k, mask in enumerate(cache.recurrent_masks)}
-        assert all(0.2 < np.mean(mask == 0) < 0.6 for mask in weight_masks.values())
+    weight_masks = {f"lstm.{k}.W_h": mask.astype(np.float64) for k, mask in enumerate(cache.recurrent_masks or [])}
+    assert len(weight_masks) == (layers if weight_dropout else 0)
+    assert all(0.2 < np.mean(mask == 0) < 0.6 for mask in weight_masks.values())
     for name, mask in weight_masks.items():
         named[name] = named[name] * mask
     as64 = tuple(a.astype(np.float64) for a in state)
