@@ -289,7 +289,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if sep and "." not in key and value.strip():  # e.g. lr=0.01: name the section it lives in
         matches = [k for k in all_keys() if k.rpartition(".")[2] == key]
         close = matches[0] if matches else _closest_key(f"train.{key}")
-        hint = f"; did you mean --set {close}={value.strip()}?" if close else ""
+        suggestion = f"{close}={value.strip()}"
+        # a value with a newline or control character would break the one-line message
+        hint = f"; did you mean --set {suggestion}?" if close and suggestion.isprintable() else ""
         raise ConfigError(f"--set expects section.key=value, got {text!r}{hint}")
     if not sep or "." not in key or not value.strip():
         raise ConfigError(f"--set expects section.key=value (e.g. train.lr=0.001), got {text!r}")

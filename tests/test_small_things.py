@@ -86,6 +86,14 @@ def test_set_without_a_section_suggests_the_key(text, suggestion):
         load_config(None, [text])
 
 
+def test_set_without_a_section_and_a_multiline_value_is_one_line_without_a_hint():
+    # hypothesis found '=0\n0': the hint echoed the newline into the message
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(None, ["lr=0\n0"])
+    message = str(excinfo.value)
+    assert "\n" not in message and "did you mean" not in message and "section.key=value" in message
+
+
 def test_top_level_help_shows_each_command_description_whole(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
