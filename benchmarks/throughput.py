@@ -333,6 +333,23 @@ def worker_main(task: dict) -> dict:
 
 # ---- the parent: interleaved pairs and the tables ---------------------------
 
+def blas_kernels() -> str:
+    """Which BLAS numpy runs and for which core its kernels were chosen. OpenBLAS picks
+    them from the CPU unless OPENBLAS_CORETYPE names one: an environment that pins
+    Haswell on an AVX-512 machine measured a peak of 256 GFLOP/s against 450 while
+    PyTorch's MKL kept AVX-512 (README, Performance), so the header says so."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS not inspected: threadpoolctl is absent"
+    blas = next((lib for lib in threadpool_info() if lib.get("user_api") == "blas"), None)
+    if blas is None:
+        return "no BLAS found"
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return (f"{blas['internal_api']} {blas.get('version')}, {blas.get('architecture')} kernels"
+            + (f", pinned by OPENBLAS_CORETYPE={pinned}" if pinned else ""))
+
+
 def median_ratio(ours: list[float], theirs: list[float]) -> float:
     """Median over pairs of (our chars/s / their chars/s)."""
     return statistics.median(o / t for o, t in zip(ours, theirs))
@@ -360,7 +377,7 @@ def main() -> int:
     if not args.no_torch:
         try:
             import torch
-            torch_version = torch.__version__
+            torch_version = f"{torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
         except ImportError:
             pass
     import numpy as np
@@ -369,8 +386,9 @@ def main() -> int:
     if args.quick:
         rows = [Row(**{**asdict(r), "steps": max(3, r.steps // 5)}) for r in rows]
     peaks = {t: run_worker({"kind": "peak", "threads": t})["gflops"] for t in sorted({r.threads or 2 for r in rows})}
-    print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"torch {torch_version or 'not run'}; median of {pairs} interleaved pairs; float32 matrix-product peak "
+    print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__} "
+          f"({blas_kernels()}), torch {torch_version or 'not run'}; median of {pairs} interleaved pairs; "
+          "float32 matrix-product peak "
           + ", ".join(f"{g:.1f} GFLOP/s at {t} thread{'s' if t > 1 else ''}" for t, g in peaks.items()), flush=True)
     train_rows = []
     with tempfile.TemporaryDirectory() as scratch:
