@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from charlstm.model import ModelBuffers, Params, backward, forward, init_params, param_shapes, zero_state
+from charlstm.model import (ModelBuffers, Params, backward, dropout_forward, forward, init_params, param_shapes,
+                            zero_state)
 from helpers import numeric_gradient, perturbed_model, relative_error
 
 
@@ -94,6 +95,21 @@ def test_dropout_is_inverted_and_off_without_a_rate():
     _, _, cache = forward(params, inputs, targets, state, dropout=0.0, rng=rng)
     assert cache.dropout_masks == [None, None]
     assert rng.bit_generator.state == drawn_before  # evaluation draws no mask at all
+
+
+@pytest.mark.parametrize("shard", [None, (3, 8)])
+def test_dropout_masks_follow_the_draws_in_time_stream_feature_order(shard):
+    # a seed's masks are the uniforms drawn as (T, all streams, H), these streams kept,
+    # whatever order the mask is scaled and transposed in
+    time, hidden, batch, rate = 6, 5, 4, 0.3
+    x = np.random.default_rng(1).standard_normal((time, hidden, batch)).astype(np.float32)
+    dropped, mask = dropout_forward(x, rate, np.random.default_rng(9), shard)
+    first, total = shard or (0, batch)
+    uniforms = np.random.default_rng(9).random((time, total, hidden), dtype=np.float32)[:, first:first + batch]
+    expected = np.where(uniforms >= rate, np.float32(1 / (1 - rate)), np.float32(0)).transpose(0, 2, 1)
+    assert mask.dtype == np.float32 and mask.flags.c_contiguous
+    np.testing.assert_array_equal(mask, expected)
+    np.testing.assert_array_equal(dropped, x * expected)
 
 
 def test_recurrent_weight_dropout_masks_w_h_only_inverted_and_leaves_the_weights_alone():
