@@ -333,23 +333,6 @@ def worker_main(task: dict) -> dict:
 
 # ---- the parent: interleaved pairs and the tables ---------------------------
 
-def blas_kernels() -> str:
-    """Which BLAS numpy runs and for which core its kernels were chosen. OpenBLAS picks
-    them from the CPU unless OPENBLAS_CORETYPE names one: an environment that pins
-    Haswell on an AVX-512 machine measured a peak of 256 GFLOP/s against 450 while
-    PyTorch's MKL kept AVX-512 (README, Performance), so the header says so."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "BLAS not inspected: threadpoolctl is absent"
-    blas = next((lib for lib in threadpool_info() if lib.get("user_api") == "blas"), None)
-    if blas is None:
-        return "no BLAS found"
-    pinned = os.environ.get("OPENBLAS_CORETYPE")
-    return (f"{blas['internal_api']} {blas.get('version')}, {blas.get('architecture')} kernels"
-            + (f", pinned by OPENBLAS_CORETYPE={pinned}" if pinned else ""))
-
-
 def median_ratio(ours: list[float], theirs: list[float]) -> float:
     """Median over pairs of (our chars/s / their chars/s)."""
     return statistics.median(o / t for o, t in zip(ours, theirs))
@@ -382,12 +365,14 @@ def main() -> int:
             pass
     import numpy as np
 
+    from charlstm import runtime
+
     rows = [r for r in ROWS if re.search(args.only, r.label)]
     if args.quick:
         rows = [Row(**{**asdict(r), "steps": max(3, r.steps // 5)}) for r in rows]
     peaks = {t: run_worker({"kind": "peak", "threads": t})["gflops"] for t in sorted({r.threads or 2 for r in rows})}
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__} "
-          f"({blas_kernels()}), torch {torch_version or 'not run'}; median of {pairs} interleaved pairs; "
+          f"({runtime.blas_kernels() or 'BLAS not inspected: threadpoolctl is absent'}), torch {torch_version or 'not run'}; median of {pairs} interleaved pairs; "
           "float32 matrix-product peak "
           + ", ".join(f"{g:.1f} GFLOP/s at {t} thread{'s' if t > 1 else ''}" for t, g in peaks.items()), flush=True)
     train_rows = []
@@ -424,8 +409,9 @@ def train_line(row, ours, theirs, peak) -> str:
     ratio = median_ratio([r["chars_per_s"] for r in ours], [r["chars_per_s"] for r in theirs]) if theirs else None
     gflops = cps * row.train_flops_per_char() / 1e9
     others = max(r["others"] for r in ours + theirs)
+    ran_with = ", ".join(ours[0]["runtime"].split(", ")[:2])  # kernels and threads; the header names the BLAS
     return (f"| {row.label:<41} | {cps:>10,.0f} | {fmt(theirs_cps, ',.0f'):>10} | {fmt(ratio, '.2f'):>5} "
-            f"| {gflops:>7.1f} | {100 * gflops / peak:>5.0f}% | {others:>6.2f} | {ours[0]['runtime']:<21} |")
+            f"| {gflops:>7.1f} | {100 * gflops / peak:>5.0f}% | {others:>6.2f} | {ran_with:<21} |")
 
 
 def print_tables(train_rows, sample_rows) -> None:

@@ -38,9 +38,10 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 class Runtime:
     kernels: str
     threads: int
+    blas: str = ""  # which BLAS and for which core its kernels were chosen (blas_kernels)
 
     def describe(self) -> str:
-        return f"kernels {self.kernels}, {self.threads} BLAS threads"
+        return f"kernels {self.kernels}, {self.threads} BLAS threads" + (f", {self.blas}" if self.blas else "")
 
 
 def configure(kernel_set: str, threads: int, ranks_on_host: int = 1) -> Runtime:
@@ -56,7 +57,24 @@ def configure(kernel_set: str, threads: int, ranks_on_host: int = 1) -> Runtime:
             raise CharlstmError(f"train.threads={asked} needs threadpoolctl to set BLAS's threads: "
                                 'pip install "charlstm[fast]", or set OPENBLAS_NUM_THREADS before starting') from None
         threads = _environment_threads() or usable_cores()  # what OpenBLAS takes by itself
-    return Runtime(chosen.name, threads)
+    return Runtime(chosen.name, threads, blas_kernels())
+
+
+def blas_kernels() -> str:
+    """numpy's BLAS and the core its kernels were chosen for, e.g. 'openblas 0.3.31,
+    SkylakeX kernels' ('' without threadpoolctl). OpenBLAS picks them from the CPU
+    unless OPENBLAS_CORETYPE names one: Haswell pinned on an AVX-512 machine measured a
+    product peak of 256 GFLOP/s against 450 (README, Performance), so a run records it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ""
+    blas = next((lib for lib in threadpool_info() if lib.get("user_api") == "blas"), None)
+    if blas is None:
+        return ""
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return (f"{blas['internal_api']} {blas.get('version')}, {blas.get('architecture')} kernels"
+            + (f" (OPENBLAS_CORETYPE={pinned})" if pinned else ""))
 
 
 def _environment_threads() -> int:

@@ -208,3 +208,19 @@ def test_the_default_thread_count_is_this_process_share_of_the_cores(monkeypatch
         assert runtime.configure("auto", 0, ranks_on_host=4).threads == 2  # as sweep --jobs sets it
     finally:
         runtime.configure("auto", 1)
+
+
+def test_the_runtime_names_the_blas_and_whether_its_core_was_pinned(monkeypatch):
+    pytest.importorskip("threadpoolctl", reason='threadpoolctl inspects the BLAS (pip install "charlstm[fast]")')
+    from threadpoolctl import threadpool_info
+
+    blas = next(lib for lib in threadpool_info() if lib["user_api"] == "blas")
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    described = runtime.configure("auto", 1).describe()
+    assert described.startswith(f"kernels {kernels.current().name}, 1 BLAS threads, {blas['internal_api']} ")
+    assert f"{blas.get('architecture')} kernels" in described and "OPENBLAS_CORETYPE" not in described
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # read as the process found it, as a run records it
+    assert runtime.blas_kernels().endswith("kernels (OPENBLAS_CORETYPE=Haswell)")
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # the plain install: nothing to inspect
+    assert runtime.blas_kernels() == ""
+    assert runtime.Runtime("numpy", 2, runtime.blas_kernels()).describe() == "kernels numpy, 2 BLAS threads"

@@ -268,4 +268,4 @@ def test_ranks_share_the_cores_by_default(workdir):
     result = charlstm(2, "train", "tiny.txt", "--out", "run", cwd=workdir, one_thread=False)
     assert result.returncode == 0, result.stderr
     share = max(1, runtime.usable_cores() // 2)
-    assert json.loads((workdir / "run" / "run.json").read_text())["runtime"].endswith(f" {share} BLAS threads")
+    assert f", {share} BLAS threads" in json.loads((workdir / "run" / "run.json").read_text())["runtime"]
