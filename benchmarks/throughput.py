@@ -371,8 +371,9 @@ def main() -> int:
     if args.quick:
         rows = [Row(**{**asdict(r), "steps": max(3, r.steps // 5)}) for r in rows]
     peaks = {t: run_worker({"kind": "peak", "threads": t})["gflops"] for t in sorted({r.threads or 2 for r in rows})}
+    blas = runtime.blas_kernels() or "BLAS not inspected: threadpoolctl is absent"
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__} "
-          f"({runtime.blas_kernels() or 'BLAS not inspected: threadpoolctl is absent'}), torch {torch_version or 'not run'}; median of {pairs} interleaved pairs; "
+          f"({blas}), torch {torch_version or 'not run'}; median of {pairs} interleaved pairs; "
           "float32 matrix-product peak "
           + ", ".join(f"{g:.1f} GFLOP/s at {t} thread{'s' if t > 1 else ''}" for t, g in peaks.items()), flush=True)
     train_rows = []
