@@ -113,12 +113,22 @@ def numeric_gradient(objective, array, eps=1e-5):
     return gradient
 
 
-def fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T, buffers=None):
+def gradient_arrays(W_x, W_h, b, together=False):
+    """Empty dW_x, dW_h, db: separate arrays, or views one after another in one buffer
+    as model.Params lays them out (lstm.weight_gradients then makes one product)."""
+    if not together:
+        return tuple(np.empty_like(a) for a in (W_x, W_h, b))
+    flat = np.empty(W_x.size + W_h.size + b.size, dtype=W_x.dtype)
+    return (flat[:W_x.size].reshape(W_x.shape), flat[W_x.size:W_x.size + W_h.size].reshape(W_h.shape),
+            flat[W_x.size + W_h.size:])
+
+
+def fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T, buffers=None, grads_together=False):
     """lstm.py's layer through a time-major interface, as reference.py takes it."""
     layer = prepare_layer(W_x, W_h, b, takes_ids=False)
     cache = layer_forward(layer, np.ascontiguousarray(x.transpose(0, 2, 1)), h0.T, c0.T, buffers)
     outputs = cache.h[1:].transpose(0, 2, 1).copy()
     final = cache.h[-1].T.copy(), cache.c[-1].T.copy()
-    grads = (np.empty_like(W_x), np.empty_like(W_h), np.empty_like(b))
+    grads = gradient_arrays(W_x, W_h, b, grads_together)
     d_x, d_h0, d_c0 = layer_backward(layer, cache, d_out.transpose(0, 2, 1), grads, d_h_T.T, d_c_T.T, True, buffers)
     return outputs, final, d_x.transpose(0, 2, 1), d_h0.T, d_c0.T, grads

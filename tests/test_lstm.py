@@ -8,7 +8,7 @@ from charlstm import reference
 from charlstm.lstm import (ONEHOT_SCATTER_MAX_VOCAB, LayerBuffers, layer_backward,
                            layer_forward, prepare_layer, scatter_add_rows)
 from charlstm.model import columns
-from helpers import fast_layer
+from helpers import fast_layer, gradient_arrays
 
 
 def random_layer(rng, T=6, B=3, D=5, H=4, dtype=np.float64):
@@ -20,11 +20,13 @@ def random_layer(rng, T=6, B=3, D=5, H=4, dtype=np.float64):
     return x, h0, c0, W_x, W_h, b
 
 
-def test_layer_forward_and_backward_equal_the_reference_layer():
+@pytest.mark.parametrize("grads_together", [False, True])  # dW_x and dW_h as two products, or as one
+def test_layer_forward_and_backward_equal_the_reference_layer(grads_together):
     rng = np.random.default_rng(0)
     x, h0, c0, W_x, W_h, b = random_layer(rng)
     d_out, d_h_T, d_c_T = rng.normal(size=(6, 3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
-    outputs, (h_T, c_T), d_x, d_h0, d_c0, grads = fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T)
+    outputs, (h_T, c_T), d_x, d_h0, d_c0, grads = fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T,
+                                                             grads_together=grads_together)
     ref_out, (ref_h, ref_c), caches = reference.layer_forward(x, h0, c0, W_x, W_h, b)
     ref_d_x, ref_d_h0, ref_d_c0, ref_grads = reference.layer_backward(d_out, d_h_T, d_c_T, caches, W_x, W_h)
     for ours, theirs in [(outputs, ref_out), (h_T, ref_h), (c_T, ref_c), (d_x, ref_d_x), (d_h0, ref_d_h0),
@@ -50,9 +52,12 @@ def test_float32_stays_float32():
     assert cache.h.dtype == cache.c.dtype == cache.gates.dtype == layer.recurrent_T.dtype == np.float32
 
 
-def test_gather_path_equals_explicit_one_hot_product():
+# dW_x and dW_h as two products or as one; past ONEHOT_SCATTER_MAX_VOCAB, ids' dW_x is
+# a sorted scatter-add even where the two sit together
+@pytest.mark.parametrize("vocab, grads_together", [(9, False), (9, True), (ONEHOT_SCATTER_MAX_VOCAB + 1, True)])
+def test_gather_path_equals_explicit_one_hot_product(vocab, grads_together):
     rng = np.random.default_rng(3)
-    vocab, hidden, T, B = 9, 4, 5, 3
+    hidden, T, B = 4, 5, 3
     ids = rng.integers(0, vocab, size=(T, B))
     onehot = np.ascontiguousarray(np.eye(vocab, dtype=np.float32)[ids].transpose(0, 2, 1))  # (T, V, B)
     _, _, _, W_x, W_h, b = random_layer(rng, D=vocab, H=hidden, dtype=np.float32)
@@ -62,8 +67,7 @@ def test_gather_path_equals_explicit_one_hot_product():
     np.testing.assert_allclose(cache_ids.gates, cache_dense.gates, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(cache_ids.h, cache_dense.h, rtol=1e-6, atol=1e-6)
     d_out = rng.normal(size=(T, hidden, B)).astype(np.float32)
-    grads_ids = tuple(np.empty_like(a) for a in (W_x, W_h, b))
-    grads_dense = tuple(np.empty_like(a) for a in (W_x, W_h, b))
+    grads_ids, grads_dense = (gradient_arrays(W_x, W_h, b, grads_together) for _ in range(2))
     layer_backward(by_id, cache_ids, d_out, grads_ids, need_d_x=False)
     layer_backward(dense, cache_dense, d_out, grads_dense, need_d_x=False)
     for g_ids, g_dense in zip(grads_ids, grads_dense):
