@@ -88,7 +88,8 @@ def prepare_layer(W_x: np.ndarray, W_h: np.ndarray, b: np.ndarray, takes_ids: bo
     scale = _gate_scale(W_h.shape[0], W_h.dtype)
     input_scaled, bias_scaled = W_x * scale, b * scale
     input_table = np.ascontiguousarray((input_scaled + bias_scaled).T) if takes_ids else None
-    return PreparedLayer(W_x, W_h, scaled_transpose(W_h, scale), input_table, input_scaled, bias_scaled)
+    transpose = kernels.current().scaled_transpose or scaled_transpose
+    return PreparedLayer(W_x, W_h, transpose(W_h, scale), input_table, input_scaled, bias_scaled)
 
 
 def _reuse(array: np.ndarray | None, shape: tuple[int, ...], dtype) -> np.ndarray:

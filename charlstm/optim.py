@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from . import kernels
+
 
 def clip_global_norm(grads: np.ndarray, max_norm: float) -> float:
     """Scale the flat gradient in place so its L2 norm is at most `max_norm`
@@ -47,27 +49,38 @@ class Adam:
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float, decay_views=()) -> None:
         """Update the flat `params` in place from the flat `grads`."""
         self.step_count += 1
-        m, v, tmp = self.exp_avg, self.exp_avg_sq, self._scratch
         if self.weight_decay > 0:
             for view in decay_views:
                 view *= view.dtype.type(1.0 - lr * self.weight_decay)
-        # m += (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g^2
-        np.subtract(grads, m, out=tmp)
-        tmp *= tmp.dtype.type(1.0 - self.beta1)
-        m += tmp
-        np.multiply(grads, grads, out=tmp)
-        tmp *= tmp.dtype.type(1.0 - self.beta2)
-        v *= v.dtype.type(self.beta2)
-        v += tmp
         bias_correction1 = 1.0 - self.beta1 ** self.step_count
         bias_correction2 = 1.0 - self.beta2 ** self.step_count
-        # p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
-        np.sqrt(v, out=tmp)
-        tmp *= tmp.dtype.type(1.0 / math.sqrt(bias_correction2))
-        tmp += tmp.dtype.type(self.eps)
-        np.divide(m, tmp, out=tmp)
-        tmp *= tmp.dtype.type(lr / bias_correction1)
-        params -= tmp
+        as_dtype = params.dtype.type
+        update = kernels.current().adam_update or adam_update
+        update(params, grads, self.exp_avg, self.exp_avg_sq, as_dtype(1.0 - self.beta1), as_dtype(self.beta2),
+               as_dtype(1.0 - self.beta2), as_dtype(1.0 / math.sqrt(bias_correction2)), as_dtype(self.eps),
+               as_dtype(lr / bias_correction1), self._scratch)
+
+
+def adam_update(params, grads, m, v, one_minus_beta1, beta2, one_minus_beta2, inv_sqrt_correction2, eps,
+                step_size, scratch=None) -> None:
+    """Adam's update of flat buffers in place, one NumPy operation per line; a kernel
+    set may fuse it (kernels.KernelSet.adam_update) in this order of operations."""
+    tmp = np.empty_like(params) if scratch is None else scratch
+    # m += (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g^2
+    np.subtract(grads, m, out=tmp)
+    tmp *= one_minus_beta1
+    m += tmp
+    np.multiply(grads, grads, out=tmp)
+    tmp *= one_minus_beta2
+    v *= beta2
+    v += tmp
+    # p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+    np.sqrt(v, out=tmp)
+    tmp *= inv_sqrt_correction2
+    tmp += eps
+    np.divide(m, tmp, out=tmp)
+    tmp *= step_size
+    params -= tmp
 
 
 class WeightAverage:

@@ -11,6 +11,7 @@ from charlstm import kernels, runtime
 from charlstm.errors import CharlstmError
 from charlstm.kernels import numpy_cell
 from charlstm.model import backward, forward
+from charlstm.optim import Adam
 from charlstm.sample import SamplingStep
 from charlstm.train import resume, train
 from helpers import numeric_gradient, perturbed_model, random_window, relative_error, tiny_config
@@ -55,6 +56,23 @@ def test_compiled_cell_forward_and_backward_equal_numpy(kernel_set, dtype, batch
         for key in outputs[name]:
             assert ours[key].dtype == dtype
             np.testing.assert_allclose(ours[key], oracle[key], rtol=0, atol=TOLERANCE[dtype], err_msg=f"{name} {key}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_with_each_set_is_bitwise_numpys(kernel_set, dtype):
+    rng = np.random.default_rng(7)
+    start = rng.normal(size=1000).astype(dtype)
+    results = {}
+    for name in (kernel_set, "numpy"):
+        params = start.copy()
+        adam = Adam(len(params), weight_decay=0.01, dtype=dtype)
+        with kernels.using(name):
+            for step in range(5):
+                adam.step(params, np.random.default_rng(step).normal(size=1000).astype(dtype), 1e-2,
+                          decay_views=[params[:500]])
+        results[name] = params, adam.exp_avg, adam.exp_avg_sq
+    for ours, oracle in zip(results[kernel_set], results["numpy"]):
+        assert ours.dtype == dtype and np.array_equal(ours, oracle)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

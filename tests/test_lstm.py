@@ -74,10 +74,11 @@ def test_gather_path_equals_explicit_one_hot_product(vocab, grads_together):
         np.testing.assert_allclose(g_ids, g_dense, rtol=1e-5, atol=1e-5)
 
 
-def test_prepared_weights_are_the_scaled_weights_and_the_scaling_is_exact():
-    _, _, _, W_x, W_h, b = random_layer(np.random.default_rng(4), D=6, H=3, dtype=np.float32)
+@pytest.mark.parametrize("hidden", [3, 19])  # fewer rows than the compiled transpose takes at once, and more
+def test_prepared_weights_are_the_scaled_weights_and_the_scaling_is_exact(kernel_set, hidden):
+    _, _, _, W_x, W_h, b = random_layer(np.random.default_rng(4), D=6, H=hidden, dtype=np.float32)
     layer = prepare_layer(W_x, W_h, b, takes_ids=True)
-    scale = np.repeat([0.5, 0.5, 1.0, 0.5], 3).astype(np.float32)
+    scale = np.repeat([0.5, 0.5, 1.0, 0.5], hidden).astype(np.float32)
     assert np.array_equal(layer.recurrent_T, (W_h * scale).T) and layer.recurrent_T.flags.c_contiguous
     assert np.array_equal(layer.input_table, ((W_x + b) * scale).T)
     assert np.array_equal(layer.input_scaled * 2 / np.where(scale == 1, 2, 1), W_x)  # a power of two: no rounding

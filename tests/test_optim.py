@@ -19,7 +19,7 @@ def test_zero_max_norm_disables_clipping():
     np.testing.assert_array_equal(grads, [30.0, 40.0])
 
 
-def test_adam_matches_the_paper_update():
+def test_adam_matches_the_paper_update(kernel_set):
     rng = np.random.default_rng(0)
     params = rng.normal(size=6)
     adam = Adam(6, betas=(0.8, 0.95), eps=1e-6, dtype=np.float64)

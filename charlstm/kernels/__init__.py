@@ -2,12 +2,16 @@
 
 The layer loop (charlstm/lstm.py) owns the matrix products and the buffers; a kernel
 set owns the pointwise work of one time step, the part that NumPy runs as one ufunc
-per operation. Every set provides the same two functions with the same in-place
+per operation. Every set provides the same three functions with the same in-place
 contract, documented on the readable NumPy set (numpy_cell.py):
 
     cell_forward(z, recurrent, gates, c_prev, c, tanh_c, h)
     cell_forward_ids(table, ids, recurrent, gates, c_prev, c, tanh_c, h)
     cell_backward(gates, c_prev, tanh_c, d_out, d_h_carry, d_c, d_z)
+
+and may compile whole-array work too, with the same arguments and results as the
+NumPy function it stands for (None: that function runs): `adam_update`
+(optim.adam_update) and `scaled_transpose` (lstm.scaled_transpose).
 
 The model, the training loop, evaluation and sampling never name a set: they call
 `current()`. The set is chosen here and only here (`use`), so a compiled set or a
@@ -30,6 +34,8 @@ class KernelSet:
     cell_forward: Callable
     cell_forward_ids: Callable
     cell_backward: Callable
+    adam_update: Callable | None = None
+    scaled_transpose: Callable | None = None
 
 
 def _numpy() -> KernelSet:
@@ -38,8 +44,9 @@ def _numpy() -> KernelSet:
 
 
 def _numba() -> KernelSet:
-    from . import numba_cell  # ImportError without numba (pip install "charlstm[fast]")
-    return KernelSet("numba", numba_cell.cell_forward, numba_cell.cell_forward_ids, numba_cell.cell_backward)
+    from . import numba_arrays, numba_cell  # ImportError without numba (pip install "charlstm[fast]")
+    return KernelSet("numba", numba_cell.cell_forward, numba_cell.cell_forward_ids, numba_cell.cell_backward,
+                     numba_arrays.adam_update, numba_arrays.scaled_transpose)
 
 
 # name -> loader; a loader raises ImportError when its set cannot run here. `auto`
