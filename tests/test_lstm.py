@@ -34,6 +34,19 @@ def test_layer_forward_and_backward_equal_the_reference_layer(grads_together):
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
+def test_gradients_through_dz_rows_padded_past_a_multiple_of_4_kib_equal_the_reference():
+    rng = np.random.default_rng(8)
+    x, h0, c0, W_x, W_h, b = random_layer(rng, T=16, B=64)  # T*B float64s: 8 KiB a row of dZ
+    d_out, d_h_T, d_c_T = rng.normal(size=(16, 64, 4)), rng.normal(size=(64, 4)), rng.normal(size=(64, 4))
+    buffers = LayerBuffers()
+    _, _, d_x, d_h0, d_c0, grads = fast_layer(x, h0, c0, W_x, W_h, b, d_out, d_h_T, d_c_T, buffers)
+    assert buffers.d_z.shape == (16, 16 * 64 + 8)  # one 64-byte line of float64s more
+    _, _, caches = reference.layer_forward(x, h0, c0, W_x, W_h, b)
+    expected = reference.layer_backward(d_out, d_h_T, d_c_T, caches, W_x, W_h)
+    for ours, theirs in [(d_x, expected[0]), (d_h0, expected[1]), (d_c0, expected[2]), *zip(grads, expected[3])]:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
 def test_two_windows_with_carried_state_equal_one_long_window():
     x, h0, c0, W_x, W_h, b = random_layer(np.random.default_rng(1), T=10)
     layer = prepare_layer(W_x, W_h, b, takes_ids=False)
