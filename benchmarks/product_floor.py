@@ -60,19 +60,19 @@ def step_products(row: throughput.Row) -> list[tuple]:
         gates_out = np.empty((4 * H, B), np.float32)
         d_z = array(4 * H, T, B)
         d_h = np.empty((H, B), np.float32)
+        # the columns of x_t over those of h_{t-1}: one product gives dW_x and dW_h
+        # (lstm.weight_gradients); x_t one-hot over V for layer 0 (V <= 384)
+        inputs = array((V if layer == 0 else H) + H, n)
         if layer > 0:  # the input projection of dense inputs: (4H, D) @ (D, T*B)
             W_x = array(H, 4 * H)
-            x_columns = array(H, n)
-            forward.append((W_x.T, x_columns, np.empty((4 * H, n), np.float32)))
+            forward.append((W_x.T, inputs[:H], np.empty((4 * H, n), np.float32)))
         forward += [(recurrent_T, h[t], gates_out) for t in range(T)]
         layer_backward = [(W_h, d_z[:, t], d_h) for t in range(T - 1, -1, -1)]
         d_z_columns = d_z.reshape(4 * H, n)
-        layer_backward.append((array(H, n), d_z_columns.T, np.empty((H, 4 * H), np.float32)))  # dW_h
+        layer_backward.append((d_z_columns, np.ones(n, np.float32), np.empty(4 * H, np.float32)))  # db
+        layer_backward.append((inputs, d_z_columns.T, np.empty((len(inputs), 4 * H), np.float32)))  # dW_x, dW_h
         if layer > 0:
-            layer_backward.append((x_columns, d_z_columns.T, np.empty((H, 4 * H), np.float32)))  # dW_x
             layer_backward.append((W_x, d_z_columns, np.empty((H, n), np.float32)))  # d_x
-        else:  # dW_x of the one-hot ids: a (V, T*B) one-hot product (V <= 384)
-            layer_backward.append((array(V, n), d_z_columns.T, np.empty((V, 4 * H), np.float32)))
         backward = layer_backward + backward  # the top layer's backward runs first
     head_input, W_y, d_logits = array(H, n), array(H, V), array(n, V)
     head = [(head_input.T, W_y, np.empty((n, V), np.float32))]
