@@ -46,6 +46,8 @@ def step_products(row: throughput.Row) -> list[tuple]:
     dZ a strided view of its columns)."""
     import numpy as np
 
+    from charlstm.lstm import padded_row
+
     rng = np.random.default_rng(0)
     H, B, T, V = row.hidden, row.batch, row.seq_len, row.vocab
     n = T * B
@@ -58,7 +60,7 @@ def step_products(row: throughput.Row) -> list[tuple]:
         recurrent_T, W_h = array(4 * H, H), array(H, 4 * H)
         h = array(T + 1, H, B)
         gates_out = np.empty((4 * H, B), np.float32)
-        d_z = array(4 * H, T, B)
+        d_z = array(4 * H, padded_row(n, np.float32))[:, :n].reshape(4 * H, T, B)  # as recurrence_backward
         d_h = np.empty((H, B), np.float32)
         # the columns of x_t over those of h_{t-1}: one product gives dW_x and dW_h
         # (lstm.weight_gradients); x_t one-hot over V for layer 0 (V <= 384)
