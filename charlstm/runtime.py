@@ -6,8 +6,8 @@ Threads. The large products (the input projection, the weight-gradient products,
 the head) and the time loops' per-step recurrent products run in OpenBLAS on
 `threads` threads (set through threadpoolctl); the cell's pointwise work runs in the
 kernel set, one call per step. Profiled on this project's 2-core machine, OpenBLAS's
-own threads beat cutting the work into blocks for threads of our own (README,
-Performance).
+own threads beat cutting the work into blocks for threads of our own
+(docs/design.md, Kernel sets).
 
 The thread count is fixed for a run: OpenBLAS's results change with it by float32
 rounding, so a count that followed the machine's load would make a run's numbers,
