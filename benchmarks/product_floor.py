@@ -12,11 +12,18 @@ be met while NumPy's BLAS (OpenBLAS in the numpy wheels) computes the products; 
 same products through torch.matmul (MKL in the torch wheels) show what PyTorch's loop
 starts from.
 
+A second, tighter bound keeps the cell too: the layers' time loops as charlstm.lstm
+runs them (each step's product and the current kernel set's cell, on the loop's own
+buffers), the weight-gradient products and the head's products, and nothing else. What
+lies between it and the loop (the loss's softmax, copies, dropout, clipping, Adam,
+preparing the weights, Python) is all that work outside the products and the cell can
+win back.
+
 Per row, in fresh processes, interleaved: charlstm's loop and PyTorch's loop (the
 workers of throughput.py, so the same loops that table times), then the products of
 one charlstm step in the shapes and layouts charlstm.lstm and charlstm.model use, timed
 over the row's steps back to back after a warm-up: once with np.matmul and once with
-torch.matmul on the same arrays. Every column is chars/s (T*B chars per step), the
+torch.matmul on the same arrays; then the products and cells. Every column is chars/s (T*B chars per step), the
 median over the pairs.
 """
 
@@ -83,7 +90,63 @@ def step_products(row: throughput.Row) -> list[tuple]:
     return forward + head + head_backward + backward
 
 
+def step_products_and_cells(row: throughput.Row):
+    """One charlstm step cut down to its products and its cells: the layers' time loops
+    as charlstm.lstm runs them (each step's recurrent product and the kernel set's cell,
+    forward and backward, on the loop's own buffers, so the cells read and write as much
+    memory as in training), the weight-gradient products and the head's three products.
+    What it leaves out (the loss's softmax, column copies, dropout, clipping, Adam,
+    preparing the weights, Python around them) is all that work on the rest of the step
+    can shed; what it keeps only faster products or a faster cell can lower."""
+    import numpy as np
+
+    from charlstm import lstm
+
+    rng = np.random.default_rng(0)
+    H, B, T, V = row.hidden, row.batch, row.seq_len, row.vocab
+    n = T * B
+
+    def array(*shape):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1)
+
+    ids = rng.integers(0, V, (T, B)).astype(np.uint8)
+    layers = []
+    for layer in range(row.layers):
+        depth = V if layer == 0 else H
+        weights = array(depth + H, 4 * H)  # W_x over W_h, one block as model.Params keeps them
+        # [x_t; h_{t-1}] columns for the weight gradients' one product (their values do
+        # not change its speed; charlstm fills them with one-hot columns and states)
+        layers.append((lstm.prepare_layer(weights[:depth], weights[depth:], array(4 * H), layer == 0),
+                       lstm.LayerBuffers(), array(depth + H, n), np.empty_like(weights), np.empty(4 * H, np.float32)))
+    zeros = np.zeros((H, B), np.float32)
+    head_input, W_y, d_logits, d_top = array(H, n), array(H, V), array(n, V), array(T, H, B)
+    logits, dW_y, d_head_input = np.empty((n, V), np.float32), np.empty((H, V), np.float32), np.empty((H, n), np.float32)
+
+    def one_step():
+        x, caches = ids, []
+        for prepared, buffers, *_ in layers:
+            caches.append(lstm.layer_forward(prepared, x, zeros, zeros, buffers))
+            x = caches[-1].h[1:]
+        np.matmul(head_input.T, W_y, out=logits)
+        np.matmul(head_input, d_logits, out=dW_y)
+        np.matmul(W_y, d_logits.T, out=d_head_input)
+        d_out = d_top
+        for (prepared, buffers, inputs, gradient, bias_gradient), cache in zip(layers[::-1], caches[::-1]):
+            d_z, _, _ = lstm.recurrence_backward(prepared, cache, d_out, None, None, buffers)
+            np.matmul(d_z, np.ones(n, np.float32), out=bias_gradient)
+            np.matmul(inputs, d_z.T, out=gradient)
+            if cache.inputs is not None:
+                d_out = np.matmul(prepared.W_x, d_z).reshape(-1, T, B).transpose(1, 0, 2)
+
+    return one_step
+
+
 def worker_products(row: throughput.Row, library: str) -> dict:
+    if library == "cells":
+        from charlstm import runtime
+        chosen = runtime.configure("auto", row.threads)
+        one_step = step_products_and_cells(row)
+        return _timed(row, one_step, f"np.matmul and the {chosen.kernels} cells, {chosen.threads} threads", 0)
     products = step_products(row)
     if library == "torch":
         import torch
@@ -103,6 +166,10 @@ def worker_products(row: throughput.Row, library: str) -> dict:
         for a, b, out in products:
             matmul(a, b, out=out)
 
+    return _timed(row, one_step, describe, len(products))
+
+
+def _timed(row: throughput.Row, one_step, describe: str, products: int) -> dict:
     for _ in range(throughput.WARMUP_STEPS):
         one_step()
     started = time.perf_counter()
@@ -110,7 +177,7 @@ def worker_products(row: throughput.Row, library: str) -> dict:
         one_step()
     seconds = time.perf_counter() - started
     return {"chars_per_s": row.steps * row.chars_per_step / seconds, "runtime": describe,
-            "products": len(products)}
+            "products": products}
 
 
 def main() -> int:
@@ -135,30 +202,31 @@ def main() -> int:
     print(f"{time.strftime('%Y-%m-%d')}; chars/s, median of {pairs} interleaved rounds; "
           f"'needed' is {TARGET}x PyTorch's loop", flush=True)
     header = (f"| {'row':<28} | charlstm loop | PyTorch loop | needed | products, NumPy | "
-              f"products, torch | NumPy products / needed |")
+              f"products, torch | products and cells | NumPy products / needed | products and cells / needed |")
     lines = []
     with tempfile.TemporaryDirectory() as scratch:
         for row in rows:
             corpus = throughput.corpus_file(Path(scratch), row)
             loop_task = {"row": asdict(row), "corpus": str(corpus), "threads": row.threads}
-            runs = {"charlstm": [], "torch": [], "numpy products": [], "torch products": []}
+            runs = {"charlstm": [], "torch": [], "numpy products": [], "torch products": [], "products and cells": []}
             for _ in range(pairs):
                 runs["charlstm"].append(throughput.run_worker({"kind": "charlstm-train", **loop_task}))
                 runs["torch"].append(throughput.run_worker({"kind": "torch-train", **loop_task}))
-                for library in ("numpy", "torch"):
-                    runs[f"{library} products"].append(
+                for library in ("numpy", "torch", "cells"):
+                    runs["products and cells" if library == "cells" else f"{library} products"].append(
                         throughput.run_worker({"row": asdict(row), "library": library}, script=__file__))
             cps = {k: statistics.median(r["chars_per_s"] for r in v) for k, v in runs.items()}
             needed = TARGET * cps["torch"]
             lines.append(f"| {row.label:<28} | {cps['charlstm']:>13,.0f} | {cps['torch']:>12,.0f} | "
                          f"{needed:>6,.0f} | {cps['numpy products']:>15,.0f} | {cps['torch products']:>15,.0f} | "
-                         f"{cps['numpy products'] / needed:>23.2f} |")
+                         f"{cps['products and cells']:>18,.0f} | {cps['numpy products'] / needed:>23.2f} | "
+                         f"{cps['products and cells'] / needed:>29.2f} |")
             print("  " + lines[-1], f"({runs['numpy products'][0]['runtime']}; "
                   f"{runs['numpy products'][0]['products']} products a step)", flush=True)
     print()
     print(header)
     print(f"|{'-' * 30}|--------------:|-------------:|-------:|----------------:|----------------:|"
-          f"------------------------:|")
+          f"-------------------:|------------------------:|------------------------------:|")
     print("\n".join(lines))
     return 0
 
