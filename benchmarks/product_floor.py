@@ -96,8 +96,9 @@ def step_products_and_cells(row: throughput.Row):
     forward and backward, on the loop's own buffers, so the cells read and write as much
     memory as in training), the weight-gradient products and the head's three products.
     What it leaves out (the loss's softmax, column copies, dropout, clipping, Adam,
-    preparing the weights, Python around them) is all that work on the rest of the step
-    can shed; what it keeps only faster products or a faster cell can lower."""
+    preparing the weights, Python around them) is the most that work outside the
+    products and the cell can win back; what it keeps, only faster products or a faster
+    cell can lower."""
     import numpy as np
 
     from charlstm import lstm
