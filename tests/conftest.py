@@ -32,6 +32,14 @@ def kernel_set(request):
         yield request.param
 
 
+@pytest.fixture(params=[p for p in KERNEL_SETS if p.values != ("numpy",)])
+def compiled_set(request):
+    """Each set but the NumPy one, for tests that compare a set with the NumPy set (the
+    NumPy set against itself could not fail)."""
+    with kernels.using(request.param):
+        yield request.param
+
+
 @pytest.fixture(autouse=True)
 def restore_kernel_set():
     """Training and the CLI select a kernel set for the whole process; put back the

@@ -36,7 +36,7 @@ def run_cell(cell_set, name, inputs):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch", [1, 5, 33])
-def test_compiled_cell_forward_and_backward_equal_numpy(kernel_set, dtype, batch):
+def test_compiled_cell_forward_and_backward_equal_numpy(compiled_set, dtype, batch):
     rng = np.random.default_rng(batch)
     hidden, vocab = 7, 11
     block = lambda rows: column_block(rng, rows, batch, dtype)  # noqa: E731
@@ -52,18 +52,18 @@ def test_compiled_cell_forward_and_backward_equal_numpy(kernel_set, dtype, batch
     outputs = {"cell_forward": ("gates", "c", "tanh_c", "h"), "cell_forward_ids": ("gates", "c", "tanh_c", "h"),
                "cell_backward": ("d_z", "d_c")}
     for name, inputs in [("cell_forward", forward_in), ("cell_forward_ids", ids_in), ("cell_backward", backward_in)]:
-        ours, oracle = run_cell(kernel_set, name, inputs), run_cell("numpy", name, inputs)
+        ours, oracle = run_cell(compiled_set, name, inputs), run_cell("numpy", name, inputs)
         for key in outputs[name]:
             assert ours[key].dtype == dtype
             np.testing.assert_allclose(ours[key], oracle[key], rtol=0, atol=TOLERANCE[dtype], err_msg=f"{name} {key}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_with_each_set_is_bitwise_numpys(kernel_set, dtype):
+def test_adam_with_each_set_is_bitwise_numpys(compiled_set, dtype):
     rng = np.random.default_rng(7)
     start = rng.normal(size=1000).astype(dtype)
     results = {}
-    for name in (kernel_set, "numpy"):
+    for name in (compiled_set, "numpy"):
         params = start.copy()
         adam = Adam(len(params), weight_decay=0.01, dtype=dtype)
         with kernels.using(name):
@@ -71,13 +71,13 @@ def test_adam_with_each_set_is_bitwise_numpys(kernel_set, dtype):
                 adam.step(params, np.random.default_rng(step).normal(size=1000).astype(dtype), 1e-2,
                           decay_views=[params[:500]])
         results[name] = params, adam.exp_avg, adam.exp_avg_sq
-    for ours, oracle in zip(results[kernel_set], results["numpy"]):
+    for ours, oracle in zip(results[compiled_set], results["numpy"]):
         assert ours.dtype == dtype and np.array_equal(ours, oracle)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("dropout, weight_dropout", [(0.0, 0.0), (0.3, 0.0), (0.3, 0.3)])
-def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradients(kernel_set, dtype, dropout,
+def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradients(compiled_set, dtype, dropout,
                                                                                   weight_dropout):
     rng = np.random.default_rng(4)
     vocab, hidden, layers, T, B = 13, 24, 2, 9, 20
@@ -92,7 +92,7 @@ def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradient
             d_start = backward(params, cache, grads)
         return loss, [*final, *d_start, grads.flat]
 
-    loss, arrays = loss_state_and_grads(kernel_set)
+    loss, arrays = loss_state_and_grads(compiled_set)
     oracle_loss, oracle_arrays = loss_state_and_grads("numpy")
     assert loss == pytest.approx(oracle_loss, rel=10 * TOLERANCE[dtype])
     for ours, theirs in zip(arrays, oracle_arrays):
@@ -121,7 +121,7 @@ def test_the_gradient_check_passes_with_each_set(kernel_set):
 
 
 @pytest.mark.parametrize("num_samples", [1, 4])
-def test_sampling_steps_with_each_set_equal_the_numpy_set(kernel_set, num_samples):
+def test_sampling_steps_with_each_set_equal_the_numpy_set(compiled_set, num_samples):
     rng = np.random.default_rng(8)
     params = perturbed_model(rng, vocab=9, hidden=16, layers=2).astype(np.float32)
     start = tuple(rng.normal(scale=0.5, size=(2, num_samples, 16)).astype(np.float32) for _ in range(2))
@@ -132,7 +132,7 @@ def test_sampling_steps_with_each_set_equal_the_numpy_set(kernel_set, num_sample
             stepper = SamplingStep(params, start)
             return np.stack([stepper(ids).copy() for ids in feed])
 
-    np.testing.assert_allclose(logits_of(kernel_set), logits_of("numpy"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(logits_of(compiled_set), logits_of("numpy"), rtol=0, atol=1e-5)
 
 
 # A constant rate: a run first planned for fewer steps keeps the same schedule.
