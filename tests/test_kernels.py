@@ -75,6 +75,32 @@ def test_adam_with_each_set_is_bitwise_numpys(compiled_set, dtype):
         assert ours.dtype == dtype and np.array_equal(ours, oracle)
 
 
+# sizes below, at and past one block of the lanes (2 uniforms an output), odd and even
+@pytest.mark.parametrize("size", [1, 2, 63, 64, 65, 1001, (7, 3, 50)])
+@pytest.mark.parametrize("spent_before", [0, 1, 2])  # uniforms drawn first: 1 leaves NumPy holding a half
+def test_uniforms_with_each_set_are_numpys_and_leave_the_generator_where_numpys_do(compiled_set, size,
+                                                                                   spent_before):
+    draw = kernels.current().random_float32
+    if draw is None:
+        pytest.skip(f"the {compiled_set} set draws with NumPy itself")
+    for seed in range(3):
+        ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+        ours.random(spent_before, dtype=np.float32), theirs.random(spent_before, dtype=np.float32)
+        drawn = draw(ours, size)
+        assert drawn.dtype == np.float32 and np.array_equal(drawn, theirs.random(size, dtype=np.float32))
+        assert ours.bit_generator.state == theirs.bit_generator.state
+        assert np.array_equal(ours.random(9, dtype=np.float32), theirs.random(9, dtype=np.float32))
+
+
+def test_uniforms_from_another_generator_are_numpys_own(compiled_set):
+    draw = kernels.current().random_float32
+    if draw is None:
+        pytest.skip(f"the {compiled_set} set draws with NumPy itself")
+    ours, theirs = (np.random.Generator(np.random.Philox(4)) for _ in range(2))
+    assert np.array_equal(draw(ours, 100), theirs.random(100, dtype=np.float32))
+    assert np.array_equal(ours.random(9), theirs.random(9))  # left in the same state
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("dropout, weight_dropout", [(0.0, 0.0), (0.3, 0.0), (0.3, 0.3)])
 def test_the_model_with_each_set_equals_the_numpy_set_in_loss_state_and_gradients(compiled_set, dtype, dropout,
