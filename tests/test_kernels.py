@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from charlstm import kernels, runtime
+from charlstm import kernels, model, runtime
 from charlstm.errors import CharlstmError
 from charlstm.kernels import numpy_cell
 from charlstm.model import backward, forward
@@ -99,6 +99,65 @@ def test_uniforms_from_another_generator_are_numpys_own(compiled_set):
     ours, theirs = (np.random.Generator(np.random.Philox(4)) for _ in range(2))
     assert np.array_equal(draw(ours, 100), theirs.random(100, dtype=np.float32))
     assert np.array_equal(ours.random(9), theirs.random(9))  # left in the same state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shard", [None, (3, 8)])
+def test_dropout_with_each_set_is_bitwise_numpys(compiled_set, dtype, shard):
+    apply = kernels.current().apply_dropout
+    if apply is None:
+        pytest.skip(f"the {compiled_set} set applies dropout with NumPy itself")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 5, 4)).astype(dtype)
+    x[0, 0, 0] = -1.0  # a dropped negative is -0.0 in NumPy's product
+    first, total = shard or (0, 4)
+    uniforms = rng.random((6, total, 5), dtype=np.float32)
+    for ours, oracle in zip(apply(uniforms, first, x, 0.3), model.apply_dropout(uniforms, first, x, 0.3)):
+        assert ours.shape == oracle.shape and ours.dtype == dtype
+        assert np.array_equal(ours, oracle) and np.array_equal(np.signbit(ours), np.signbit(oracle))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("vocab", [1, 7, 65, 1000])
+def test_softmax_with_each_set_equals_numpys(compiled_set, dtype, vocab):
+    softmax = kernels.current().softmax_rows
+    if softmax is None:
+        pytest.skip(f"the {compiled_set} set takes NumPy's softmax")
+    rng = np.random.default_rng(vocab)
+    logits = (rng.normal(size=(50, vocab)) * 10).astype(dtype)
+    logits[0, 0] = -200  # a probability that underflows
+    bias, targets = rng.normal(size=vocab).astype(dtype), rng.integers(0, vocab, 50)
+    ours, oracle = logits.copy(), logits.copy()
+    ours_nll, oracle_nll = softmax(ours, bias, targets), model.softmax_rows(oracle, bias, targets)
+    assert ours.dtype == ours_nll.dtype == dtype
+    np.testing.assert_allclose(ours, oracle, rtol=TOLERANCE[dtype], atol=1e-30)
+    np.testing.assert_allclose(ours_nll, oracle_nll, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+
+
+def test_softmax_with_each_set_keeps_a_diverged_row_not_finite(compiled_set):
+    softmax = kernels.current().softmax_rows
+    if softmax is None:
+        pytest.skip(f"the {compiled_set} set takes NumPy's softmax")
+    logits = np.array([[np.nan, 1, 2], [np.inf, 0, 0], [2, 1, 0]], np.float32)
+    nll = softmax(logits, np.zeros(3, np.float32), np.array([1, 1, 2]))
+    assert not np.isfinite(nll[:2]).any() and np.isfinite(nll[2])
+
+
+def test_the_compiled_float32_exp_is_within_two_ulps_of_the_true_exp():
+    numba = pytest.importorskip("numba", reason="numba is not installed: the NumPy set takes np.exp")
+    from charlstm.kernels.numba_arrays import _exp
+
+    @numba.njit
+    def exp_each(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _exp(x[i])
+
+    x = np.concatenate([np.linspace(-87, 0, 400_001, dtype=np.float32), np.float32([-0.0, -1e-30, -86.99])])
+    ours = np.empty_like(x)
+    exp_each(x, ours)
+    exact = np.exp(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert ours.dtype == np.float32 and (np.abs(ours - exact) / ulp).max() <= 2.0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

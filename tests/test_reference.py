@@ -110,4 +110,7 @@ def test_the_learned_initial_state_gets_the_gradient_of_the_streams_that_start_f
         assert np.abs(grads[name]).max() > 1e-4
         assert relative_error(grads[name], numeric).max() < 1e-6, name
     for name in params.names():  # the rest of the model is unchanged by the learned state
-        assert relative_error(grads[name], numeric_gradient(loss, params[name])).max() < 1e-5, name
+        # plus 1e-10: central differences of a loss near 2 rounded to 1e-16 are good to
+        # about 2e-11, which is more than 1e-5 of the smallest entries (near 1e-6)
+        numeric = numeric_gradient(loss, params[name])
+        assert np.all(np.abs(grads[name] - numeric) <= 1e-5 * (np.abs(grads[name]) + np.abs(numeric)) + 1e-10), name

@@ -11,9 +11,10 @@ contract, documented on the readable NumPy set (numpy_cell.py):
 
 and may compile whole-array work too, with the same arguments and results as the
 NumPy function it stands for (None: that function runs): `adam_update`
-(optim.adam_update), `scaled_transpose` (lstm.scaled_transpose) and
+(optim.adam_update), `scaled_transpose` (lstm.scaled_transpose),
 `random_float32` (rng.random(shape, dtype=np.float32): the same numbers, and the
-generator left in the same state).
+generator left in the same state), `apply_dropout` (model.apply_dropout: the same
+numbers, in any layout) and `softmax_rows` (model.softmax_rows, to float32 rounding).
 
 The model, the training loop, evaluation and sampling never name a set: they call
 `current()`. The set is chosen here and only here (`use`), so a compiled set or a
@@ -39,6 +40,8 @@ class KernelSet:
     adam_update: Callable | None = None
     scaled_transpose: Callable | None = None
     random_float32: Callable | None = None
+    apply_dropout: Callable | None = None
+    softmax_rows: Callable | None = None
 
 
 def _numpy() -> KernelSet:
@@ -49,7 +52,8 @@ def _numpy() -> KernelSet:
 def _numba() -> KernelSet:
     from . import numba_arrays, numba_cell, numba_random  # ImportError without numba (pip install "charlstm[fast]")
     return KernelSet("numba", numba_cell.cell_forward, numba_cell.cell_forward_ids, numba_cell.cell_backward,
-                     numba_arrays.adam_update, numba_arrays.scaled_transpose, numba_random.random_float32)
+                     numba_arrays.adam_update, numba_arrays.scaled_transpose, numba_random.random_float32,
+                     numba_arrays.apply_dropout, numba_arrays.softmax_rows)
 
 
 # name -> loader; a loader raises ImportError when its set cannot run here. `auto`
