@@ -17,7 +17,8 @@ and windows; timed over the same N steps after the same warm-up.
 
 Each measurement is a fresh process (`--worker`), so neither library's idle threads
 run while the other is timed. A row runs K pairs (charlstm, then PyTorch); the ratio is
-the median over pairs of charlstm's chars/s over PyTorch's. GFLOP/s count 3x the
+the median over pairs of charlstm's chars/s over PyTorch's (each pair's ratio is
+printed as the row finishes). GFLOP/s count 3x the
 forward FLOPs per character (per layer 2*4H*(D+H), layer 0 as the dense one-hot product
 PyTorch computes, plus 2*H*V for the head; docs/design.md), against the float32
 matrix-product peak measured in a fresh process (best 2048^3 product) at the row's
@@ -386,7 +387,8 @@ def main() -> int:
                 if torch_version:
                     theirs.append(run_worker({"kind": "torch-train", **task}, row.neighbour))
             train_rows.append((row, ours, theirs, peaks[row.threads or 2]))
-            print("  " + train_line(*train_rows[-1]), flush=True)
+            each = "".join(f" {o['chars_per_s'] / t['chars_per_s']:.3f}" for o, t in zip(ours, theirs))
+            print("  " + train_line(*train_rows[-1]) + (f" pairs:{each}" if each else ""), flush=True)
     sample_rows = []
     if not args.no_sampling:
         for layers, hidden, samples, length in SAMPLE_ROWS:
@@ -411,7 +413,7 @@ def train_line(row, ours, theirs, peak) -> str:
     gflops = cps * row.train_flops_per_char() / 1e9
     others = max(r["others"] for r in ours + theirs)
     ran_with = ", ".join(ours[0]["runtime"].split(", ")[:2])  # kernels and threads; the header names the BLAS
-    return (f"| {row.label:<41} | {cps:>10,.0f} | {fmt(theirs_cps, ',.0f'):>10} | {fmt(ratio, '.2f'):>5} "
+    return (f"| {row.label:<41} | {cps:>10,.0f} | {fmt(theirs_cps, ',.0f'):>10} | {fmt(ratio, '.3f'):>5} "
             f"| {gflops:>7.1f} | {100 * gflops / peak:>5.0f}% | {others:>6.2f} | {ran_with:<21} |")
 
 
