@@ -68,7 +68,7 @@ def scaled_transpose(matrix, scale):
 @njit(**JIT)
 def _apply_dropout(uniforms, first, x, rate, scale, scratch, out, mask):
     time, hidden, batch = x.shape
-    zero = scale - scale
+    zero = out.dtype.type(0.0)
     for t in range(time):
         # the mask in the drawn order first (both sides contiguous, vectorised), then
         # transposed out of that small block: reading the uniforms across their rows
