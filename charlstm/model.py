@@ -297,9 +297,9 @@ def head_softmax(params: Params, head_input: np.ndarray, rows: slice, targets: n
     (n, V) rows: one (n, H) @ (H, V) product that BLAS reads transposed in place, so
     no (V, T*B) -> (T*B, V) transpose is ever made. Returns (probs, nll) where nll
     (n,) is -log of each target's probability."""
-    probs = head_input[:, rows].T @ params["head.W_y"]
-    nll = (kernels.current().softmax_rows or softmax_rows)(probs, params["head.b_y"], targets)
-    return probs, nll
+    logits = head_input[:, rows].T @ params["head.W_y"]
+    nll = (kernels.current().softmax_rows or softmax_rows)(logits, params["head.b_y"], targets)
+    return logits, nll  # the logits are the probabilities now, turned in place
 
 
 def softmax_rows(logits: np.ndarray, bias: np.ndarray, targets: np.ndarray) -> np.ndarray:
